@@ -1,0 +1,5 @@
+"""tcp-multiplexer: many request/response TCP clients sharing few target connections."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
