@@ -48,6 +48,8 @@ class FailureReason(StrEnum):
     """The request waited longer than the timeout and was never sent (Modbus 0x06, HTTP 503)."""
     TIMEOUT = "target did not answer in time"
     """The request was sent but not answered in time (Modbus 0x0B, HTTP 504)."""
+    BROKEN = "target connection failed before answering"
+    """The request was sent, then the connection closed or sent garbage (Modbus 0x0B, HTTP 502)."""
 
 
 class Framer(Protocol):

@@ -157,6 +157,7 @@ _GATEWAY_EXCEPTION: Final = {
     FailureReason.UNAVAILABLE: ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
     FailureReason.BUSY: ExceptionCode.SERVER_DEVICE_BUSY,
     FailureReason.TIMEOUT: ExceptionCode.GATEWAY_TARGET_FAILED,
+    FailureReason.BROKEN: ExceptionCode.GATEWAY_TARGET_FAILED,
 }
 
 

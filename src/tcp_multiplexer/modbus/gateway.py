@@ -1,0 +1,144 @@
+"""Modbus gateway policy: what the multiplexer does with a request before and after
+the device sees it.
+
+- `read_only`: writes (function codes 5, 6, 15, 16, 22, 23) are answered with
+  exception 0x01 (illegal function) and never sent.
+- Coalescing: reads (1, 2, 3, 4) with the same unit, function, address and count
+  share one device round trip while one is waiting or in flight.
+- Cache (`cache_ttl` > 0): read answers are kept for the TTL; a write drops what
+  it overlaps, both when it is sent and when it is answered.
+
+Writes are never coalesced, cached or retried. Device exception answers pass through
+unchanged and are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Final
+
+from tcp_multiplexer.config import ModbusOptions
+from tcp_multiplexer.framing.base import Codec
+from tcp_multiplexer.framing.modbus import (
+    EXCEPTION_FLAG,
+    MBAP_HEADER_SIZE,
+    ExceptionCode,
+    exception_response,
+)
+from tcp_multiplexer.metrics import Metrics
+from tcp_multiplexer.modbus.cache import ReadCache, ReadKey
+
+READ_COILS: Final = 1
+READ_DISCRETE_INPUTS: Final = 2
+READ_HOLDING_REGISTERS: Final = 3
+READ_INPUT_REGISTERS: Final = 4
+WRITE_SINGLE_COIL: Final = 5
+WRITE_SINGLE_REGISTER: Final = 6
+WRITE_MULTIPLE_COILS: Final = 15
+WRITE_MULTIPLE_REGISTERS: Final = 16
+MASK_WRITE_REGISTER: Final = 22
+READ_WRITE_MULTIPLE_REGISTERS: Final = 23
+
+READ_FUNCTIONS: Final = frozenset(
+    {READ_COILS, READ_DISCRETE_INPUTS, READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS}
+)
+WRITE_FUNCTIONS: Final = frozenset(
+    {
+        WRITE_SINGLE_COIL,
+        WRITE_SINGLE_REGISTER,
+        WRITE_MULTIPLE_COILS,
+        WRITE_MULTIPLE_REGISTERS,
+        MASK_WRITE_REGISTER,
+        READ_WRITE_MULTIPLE_REGISTERS,
+    }
+)
+_COIL_READS: Final = frozenset({READ_COILS})
+_REGISTER_READS: Final = frozenset({READ_HOLDING_REGISTERS})
+_READ_REQUEST_SIZE: Final = MBAP_HEADER_SIZE + 5
+"""A read request ADU: header, function, address (2), quantity (2)."""
+_TWO_WORDS: Final = struct.Struct(">HH")
+
+
+def read_key(request: bytes) -> ReadKey | None:
+    """The key of a well-formed read request (function 1-4), else None."""
+    if len(request) != _READ_REQUEST_SIZE or request[7] not in READ_FUNCTIONS:
+        return None
+    address, count = _TWO_WORDS.unpack_from(request, 8)
+    return ReadKey(request[6], request[7], address, count)
+
+
+def written_range(request: bytes) -> tuple[frozenset[int], int, int] | None:
+    """(reads affected, first address, count) for a write request, else None."""
+    if len(request) < MBAP_HEADER_SIZE + 5:
+        return None
+    function = request[7]
+    address, quantity = _TWO_WORDS.unpack_from(request, 8)
+    if function == WRITE_SINGLE_COIL:
+        return _COIL_READS, address, 1
+    if function == WRITE_MULTIPLE_COILS:
+        return _COIL_READS, address, quantity
+    if function in (WRITE_SINGLE_REGISTER, MASK_WRITE_REGISTER):
+        return _REGISTER_READS, address, 1
+    if function == WRITE_MULTIPLE_REGISTERS:
+        return _REGISTER_READS, address, quantity
+    if function == READ_WRITE_MULTIPLE_REGISTERS and len(request) >= MBAP_HEADER_SIZE + 9:
+        write_address, write_quantity = _TWO_WORDS.unpack_from(request, 12)
+        return _REGISTER_READS, write_address, write_quantity
+    return None
+
+
+class ModbusGatewayPolicy:
+    """Read-only refusal, read coalescing keys and the read cache for Modbus."""
+
+    def __init__(self, options: ModbusOptions, metrics: Metrics, codec: Codec) -> None:
+        self._read_only = options.read_only
+        self._cache = ReadCache(options.cache_ttl) if options.cache_ttl > 0 else None
+        self._events = metrics.events
+        self._codec = codec
+        self._loop = asyncio.get_running_loop()
+
+    def local_reply(self, request: bytes) -> bytes | None:
+        function = request[7]
+        if function in WRITE_FUNCTIONS:
+            if self._read_only:
+                self._events["writes_refused"] += 1
+                self._events["exceptions_sent_0x01"] += 1
+                return exception_response(request, ExceptionCode.ILLEGAL_FUNCTION)
+            self._invalidate(request)
+            return None
+        cache = self._cache
+        if cache is not None:
+            key = read_key(request)
+            if key is not None:
+                cached = cache.get(key, self._loop.time())
+                if cached is not None:
+                    self._events["cache_hits"] += 1
+                    return self._codec.restore_reply(request, cached)
+                self._events["cache_misses"] += 1
+        return None
+
+    def coalesce_key(self, request: bytes) -> ReadKey | None:
+        return read_key(request)
+
+    def observe(self, request: bytes, reply: bytes) -> None:
+        if reply[7] & EXCEPTION_FLAG:
+            self._events["device_exceptions"] += 1
+            return
+        cache = self._cache
+        if cache is None:
+            return
+        key = read_key(request)
+        if key is not None:
+            cache.put(key, reply, self._loop.time())
+        elif request[7] in WRITE_FUNCTIONS:
+            self._invalidate(request)
+
+    def _invalidate(self, request: bytes) -> None:
+        cache = self._cache
+        if cache is None:
+            return
+        written = written_range(request)
+        if written is not None:
+            functions, address, count = written
+            cache.invalidate(request[6], functions, address, count)

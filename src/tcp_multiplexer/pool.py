@@ -1,0 +1,227 @@
+"""UpstreamPool: up to N target connections, each kept up by its own slot task.
+
+A slot connects (bounded by the connect timeout), waits the post-connect delay,
+then offers its connection to the dispatcher; when the connection goes, the slot
+reconnects with exponential backoff. Slot 0 connects at start; further slots start
+when requests have to wait, so `--max-connections N` opens only what the load needs.
+Serving happens in callbacks (upstream.py), never in these tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Final
+
+from tcp_multiplexer.backoff import Backoff
+from tcp_multiplexer.config import MAX_RECONNECT_BACKOFF, ServerConfig
+from tcp_multiplexer.dispatch import Dispatcher
+from tcp_multiplexer.framing.base import Codec
+from tcp_multiplexer.logtext import format_peer
+from tcp_multiplexer.metrics import Metrics
+from tcp_multiplexer.upstream import UpstreamConnection
+
+logger = logging.getLogger(__name__)
+
+HEALTHY_CONNECTION_S: Final = 10.0
+"""A connection that lived this long resets the backoff: the target was fine."""
+KEEPALIVE_PROBES: Final = 3
+"""Unanswered keepalive probes before the kernel declares a connection dead."""
+
+
+def configure_target_socket(transport: asyncio.BaseTransport, health_check_interval: float) -> None:
+    """NODELAY, and TCP keepalive probing after `health_check_interval` idle seconds.
+
+    Keepalive is what finds a half-open connection (device rebooted, cable pulled)
+    that would otherwise look idle forever; EOF and resets are seen at once anyway.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if health_check_interval > 0 and hasattr(socket, "TCP_KEEPIDLE"):
+            idle = max(1, round(health_check_interval))
+            interval = max(1, round(health_check_interval / KEEPALIVE_PROBES))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
+class _Slot:
+    __slots__ = ("busy_connecting", "index", "task", "wanted")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.wanted = asyncio.Event()
+        self.busy_connecting = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class UpstreamPool:
+    """N slots, the connections they hold, and whether the target is reachable."""
+
+    def __init__(
+        self, config: ServerConfig, codec: Codec, dispatcher: Dispatcher, metrics: Metrics
+    ) -> None:
+        self._config = config
+        self._codec = codec
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._loop = asyncio.get_running_loop()
+        self._slots = [_Slot(index) for index in range(config.max_connections)]
+        self._connections: list[UpstreamConnection] = []
+        self._next = 0
+        self._last_attempt_failed = False
+        self._closing = False
+        self._serial = 0
+
+    @property
+    def connections(self) -> int:
+        """Target connections currently up and offered to requests."""
+        return len(self._connections)
+
+    @property
+    def unreachable(self) -> bool:
+        """No connection is up and the last attempt to open one failed."""
+        return self._last_attempt_failed and not self._connections
+
+    def start(self) -> None:
+        for slot in self._slots:
+            slot.task = self._loop.create_task(self._run_slot(slot), name=f"target-slot-{slot.index}")
+        self._slots[0].wanted.set()
+
+    def available_connection(self) -> UpstreamConnection | None:
+        """A connection that can take a request now, round-robin among the ready ones."""
+        connections = self._connections
+        count = len(connections)
+        if count == 1:
+            connection = connections[0]
+            return connection if connection.can_send else None
+        for step in range(count):
+            connection = connections[(self._next + step) % count]
+            if connection.can_send:
+                self._next = (self._next + step + 1) % count
+                return connection
+        return None
+
+    def demand(self) -> None:
+        """Requests are waiting: open one more connection if a slot is free for it."""
+        if self._closing:
+            return
+        for slot in self._slots:
+            if slot.busy_connecting:
+                return
+        for slot in self._slots:
+            if not slot.wanted.is_set():
+                slot.wanted.set()
+                return
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        config = self._config
+        target = config.target
+        backoff = Backoff(config.reconnect_backoff, MAX_RECONNECT_BACKOFF)
+        while not self._closing:
+            await slot.wanted.wait()
+            slot.busy_connecting = True
+            self._serial += 1
+            name = f"target #{self._serial} {target}"
+            try:
+                async with asyncio.timeout(config.connect_timeout):
+                    transport, connection = await self._loop.create_connection(
+                        lambda name=name: UpstreamConnection(  # type: ignore[misc]
+                            name,
+                            self._codec,
+                            self._dispatcher,
+                            self._metrics,
+                            timeout=config.timeout,
+                            max_inflight=config.max_inflight,
+                            request_gap=config.request_gap,
+                            max_idle=config.max_idle,
+                        ),
+                        target.host,
+                        target.port,
+                    )
+            except (OSError, TimeoutError) as exc:
+                slot.busy_connecting = False
+                delay = backoff.next_delay()
+                self._attempt_failed(exc, delay, first=backoff.attempts == 1)
+                await asyncio.sleep(delay)
+                continue
+            configure_target_socket(transport, config.health_check_interval)
+            connected_at = self._loop.time()
+            if config.delay:
+                await asyncio.sleep(config.delay)
+            slot.busy_connecting = False
+            if not connection.closed.done():
+                self._connection_up(connection, transport)
+                try:
+                    await connection.closed
+                finally:
+                    self._connection_down(connection)
+            if self._closing:
+                return
+            if connection.closed_for_idle:
+                slot.wanted.clear()
+                backoff.reset()
+                continue
+            self._metrics.reconnects += 1
+            if self._loop.time() - connected_at >= HEALTHY_CONNECTION_S:
+                backoff.reset()
+                logger.info("%s closed; reconnecting", name)
+            else:
+                delay = backoff.next_delay()
+                logger.info("%s closed soon after connecting; reconnecting in %.2fs", name, delay)
+                await asyncio.sleep(delay)
+
+    def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
+        self._last_attempt_failed = True
+        reason = str(exc) or type(exc).__name__
+        if first:
+            logger.warning(
+                "cannot connect to target %s: %s; retrying in %.2fs",
+                self._config.target,
+                reason,
+                delay,
+            )
+        else:
+            logger.info(
+                "cannot connect to target %s: %s; retrying in %.2fs",
+                self._config.target,
+                reason,
+                delay,
+            )
+        if not self._connections:
+            self._dispatcher.target_unreachable()
+
+    def _connection_up(self, connection: UpstreamConnection, transport: asyncio.BaseTransport) -> None:
+        self._last_attempt_failed = False
+        self._connections.append(connection)
+        self._metrics.target_connections += 1
+        logger.info(
+            "new target connection: %s <-> %s",
+            format_peer(transport.get_extra_info("sockname")),
+            connection.name,
+        )
+        connection.mark_ready()
+        if connection.can_send:
+            self._dispatcher.connection_available(connection)
+
+    def _connection_down(self, connection: UpstreamConnection) -> None:
+        self._connections.remove(connection)
+        self._metrics.target_connections -= 1
+        logger.info("target connection closed: %s", connection.name)
+
+    async def close(self) -> None:
+        """Stop reconnecting and close every target connection."""
+        self._closing = True
+        for connection in list(self._connections):
+            connection.close()
+        tasks = [slot.task for slot in self._slots if slot.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+

@@ -1,0 +1,196 @@
+"""ClientSession: one client connection, its requests, and its answers in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import IntFlag
+from typing import TYPE_CHECKING
+
+from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.framing.base import Codec
+from tcp_multiplexer.request import Request, RequestState
+from tcp_multiplexer.logtext import format_peer, hex_dump
+
+if TYPE_CHECKING:
+    from tcp_multiplexer.dispatch import Dispatcher
+    from tcp_multiplexer.server import Multiplexer
+
+logger = logging.getLogger(__name__)
+
+
+class PauseReason(IntFlag):
+    """Why a client is not being read from; reading resumes when none is left."""
+
+    QUEUE = 1
+    """The shared wait queue is full."""
+    BACKLOG = 2
+    """This client has too many requests outstanding."""
+    WRITE = 4
+    """This client does not read its answers fast enough."""
+
+
+class ClientSession(asyncio.Protocol):
+    """Frames a client's requests, submits them, and writes answers in request order."""
+
+    def __init__(self, server: Multiplexer, number: int) -> None:
+        self._server = server
+        self._codec: Codec = server.codec
+        self._dispatcher: Dispatcher = server.dispatcher
+        self._backlog = server.config.client_backlog
+        self._framer = self._codec.request_framer()
+        self._loop = asyncio.get_running_loop()
+        self.number = number
+        self.name = f"client #{number}"
+        self._transport: asyncio.Transport | None = None
+        self._outstanding: deque[Request] = deque()
+        self.waiting: deque[Request] = deque()
+        """Requests of this client in the dispatcher's wait queue (owned by it)."""
+        self._paused = PauseReason(0)
+        self._eof = False
+        self._closing = False
+        self.closed = False
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.name = f"client #{self.number} {format_peer(peer)}"
+        self._server.session_opened(self)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "%s connected (to %s)", self.name, format_peer(transport.get_extra_info("sockname"))
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            messages = self._framer.feed(data)
+        except FramingError as exc:
+            logger.warning("%s sent a bad request (%s); closing its connection", self.name, exc)
+            self._close(abort=True)
+            return
+        dispatcher = self._dispatcher
+        now = self._loop.time()
+        for payload in messages:
+            if self._closing:
+                return
+            if self._debug:
+                logger.debug("%s -> %s", self.name, hex_dump(payload))
+            request = Request(self, payload, now)
+            self._outstanding.append(request)
+            dispatcher.submit(request)
+        if len(self._outstanding) >= self._backlog:
+            self._pause(PauseReason.BACKLOG)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        try:
+            self._framer.feed_eof()
+        except FramingError as exc:
+            logger.info("%s closed in the middle of a request (%s)", self.name, exc)
+        if not self._outstanding:
+            return False
+        # Half-close: the client sent everything; answer what is outstanding, then close.
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._closing = True
+        self._server.session_closed(self)
+        self._dispatcher.session_closed(self)
+        self._outstanding.clear()
+        if logger.isEnabledFor(logging.INFO):
+            if exc is None:
+                logger.info("%s disconnected", self.name)
+            else:
+                logger.info("%s disconnected: %s", self.name, exc)
+
+    def pause_writing(self) -> None:
+        self._pause(PauseReason.WRITE)
+
+    def resume_writing(self) -> None:
+        self._resume(PauseReason.WRITE)
+
+    # ------------------------------------------------------------------ from the dispatcher
+
+    def request_done(self, request: Request) -> None:
+        """`request` has its answer: write every answer that is now next in order."""
+        if self._closing:
+            return
+        outstanding = self._outstanding
+        if not outstanding or outstanding[0] is not request:
+            return
+        chunks: list[bytes] = []
+        close_after = False
+        codec = self._codec
+        while outstanding and outstanding[0].state is RequestState.DONE:
+            done = outstanding.popleft()
+            if done.close_client:
+                logger.info("%s: no answer from the target; closing the client", self.name)
+                close_after = True
+                break
+            reply = done.reply
+            assert reply is not None
+            if self._debug:
+                logger.debug("%s <- %s", self.name, hex_dump(reply))
+            chunks.append(reply)
+            if codec.reply_ends_connection(reply):
+                close_after = True
+                break
+        transport = self._transport
+        assert transport is not None
+        if chunks:
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if close_after or (self._eof and not outstanding):
+            self._close()
+        elif self._paused & PauseReason.BACKLOG and len(outstanding) < self._backlog:
+            self._resume(PauseReason.BACKLOG)
+
+    def pause_for_queue(self) -> None:
+        self._pause(PauseReason.QUEUE)
+
+    def resume_for_queue(self) -> None:
+        self._resume(PauseReason.QUEUE)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def outstanding(self) -> int:
+        """Requests of this client not yet answered."""
+        return len(self._outstanding)
+
+    def _pause(self, reason: PauseReason) -> None:
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: PauseReason) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def _close(self, *, abort: bool = False) -> None:
+        """Close this client; written answers are flushed first unless `abort`."""
+        if self._closing:
+            return
+        self._closing = True
+        transport = self._transport
+        if transport is None:
+            return
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
+
+    def close(self) -> None:
+        """Close at shutdown, after the answers already written."""
+        self._close()
+

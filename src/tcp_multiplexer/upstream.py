@@ -1,0 +1,311 @@
+"""One target connection: sends requests, matches answers, enforces answer timeouts.
+
+Answers are matched first-in first-out, or by a transaction id the multiplexer puts
+on every request (Modbus) and takes off the answer again. A FIFO connection that
+times out is retired: a late answer on it would otherwise answer the next request.
+A connection with ids stays: a late answer carries an id nobody waits for, and is
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.framing.base import Codec, Correlation, FailureReason
+from tcp_multiplexer.logtext import hex_dump
+from tcp_multiplexer.metrics import Metrics
+from tcp_multiplexer.request import Request, RequestState
+
+if TYPE_CHECKING:
+    from tcp_multiplexer.dispatch import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_SPACE: Final = 0x10000
+"""Modbus transaction ids are 16 bits."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """A target connection carrying up to `max_inflight` requests at a time."""
+
+    def __init__(
+        self,
+        name: str,
+        codec: Codec,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        *,
+        timeout: float,
+        max_inflight: int,
+        request_gap: float = 0.0,
+        max_idle: float = 0.0,
+    ) -> None:
+        self.name = name
+        self._codec = codec
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._timeout = timeout
+        self._capacity = max_inflight
+        self._gap = request_gap
+        self._max_idle = max_idle
+        self._loop = asyncio.get_running_loop()
+        self._framer = codec.response_framer()
+        self._by_id = codec.correlation is Correlation.TRANSACTION_ID
+        self._fifo: deque[Request] = deque()
+        self._ids: dict[int, Request] = {}
+        self._inflight = 0
+        self._next_id = 0
+        self._transport: asyncio.Transport | None = None
+        self._ready = False
+        self._draining = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._last_send = 0.0
+        self._last_activity = self._loop.time()
+        self.closed_for_idle = False
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+
+    # ------------------------------------------------------------------ state
+
+    def mark_ready(self) -> None:
+        """The connection may carry requests (after the post-connect delay)."""
+        self._ready = True
+        self._last_activity = self._loop.time()
+        self._schedule_timer()
+
+    @property
+    def can_send(self) -> bool:
+        """True if a request could be written now."""
+        if not self._ready or self._draining or self._inflight >= self._capacity:
+            return False
+        if self._gap:
+            if self._gap_timer is not None:
+                return False
+            wait = self._last_send + self._gap - self._loop.time()
+            if wait > 0:
+                self._gap_timer = self._loop.call_later(wait, self._gap_elapsed)
+                return False
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, request: Request) -> None:
+        """Write `request` to the target; the caller checked `can_send`."""
+        transport = self._transport
+        assert transport is not None
+        payload = request.payload
+        if self._by_id:
+            request_id = self._allocate_id()
+            request.wire_id = request_id
+            self._ids[request_id] = request
+            wire = self._codec.with_request_id(payload, request_id)
+        else:
+            self._fifo.append(request)
+            wire = payload
+        self._inflight += 1
+        self._framer.expect_response(wire)
+        request.state = RequestState.SENT
+        now = self._loop.time()
+        request.deadline = now + self._timeout
+        self._last_send = now
+        self._last_activity = now
+        if self._debug:
+            logger.debug("%s <- %s", self.name, hex_dump(wire))
+        transport.write(wire)
+        if self._codec.request_ends_connection(payload):
+            self._draining = True
+        if self._timer is None:
+            self._timer = self._loop.call_at(request.deadline, self._on_timer)
+
+    def _allocate_id(self) -> int:
+        ids = self._ids
+        candidate = self._next_id
+        while True:
+            candidate = (candidate + 1) % REQUEST_ID_SPACE
+            if candidate not in ids:
+                self._next_id = candidate
+                return candidate
+
+    def _gap_elapsed(self) -> None:
+        self._gap_timer = None
+        if self.can_send:
+            self._dispatcher.connection_available(self)
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._framer.feed(data)
+        except FramingError as exc:
+            logger.warning("%s: target sent a malformed answer (%s); reconnecting", self.name, exc)
+            self._retire(FailureReason.BROKEN)
+            return
+        self._handle_replies(messages)
+
+    def eof_received(self) -> bool:
+        try:
+            messages = self._framer.feed_eof()
+        except FramingError as exc:
+            logger.warning("%s: target closed mid-answer (%s)", self.name, exc)
+            messages = []
+        self._handle_replies(messages)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        self._fail_all(FailureReason.BROKEN)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ------------------------------------------------------------------ answers
+
+    def _handle_replies(self, messages: list[bytes]) -> None:
+        if not messages:
+            return
+        dispatcher = self._dispatcher
+        freed = False
+        for message in messages:
+            if self._debug:
+                logger.debug("%s -> %s", self.name, hex_dump(message))
+            request = self._match(message)
+            if request is None:
+                continue
+            self._inflight -= 1
+            freed = True
+            dispatcher.finish(request, message)
+            if self._codec.reply_ends_connection(message):
+                self._draining = True
+        self._last_activity = self._loop.time()
+        if self._draining:
+            if not self._inflight and self._transport is not None:
+                self._transport.close()
+            return
+        if freed and self._ready:
+            if not self._inflight and self._max_idle and self._timer is None:
+                self._schedule_timer()
+            if self.can_send:
+                dispatcher.connection_available(self)
+
+    def _match(self, message: bytes) -> Request | None:
+        if self._by_id:
+            request = self._ids.pop(self._codec.request_id(message), None)
+            if request is None:
+                self._metrics.events["ids_dropped"] += 1
+                logger.info(
+                    "%s: dropped an answer with transaction id %d that no request is waiting for",
+                    self.name,
+                    self._codec.request_id(message),
+                )
+            return request
+        if self._fifo:
+            return self._fifo.popleft()
+        logger.warning("%s: target sent an answer nobody asked for; reconnecting", self.name)
+        self._metrics.events["unexpected_answers"] += 1
+        self._retire(FailureReason.BROKEN)
+        return None
+
+    # ------------------------------------------------------------------ timeouts
+
+    def _schedule_timer(self) -> None:
+        """Arm the single timer for the oldest answer deadline or the idle limit."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        when: float | None = None
+        oldest = self._oldest()
+        if oldest is not None:
+            when = oldest.deadline
+        elif self._max_idle and self._ready:
+            when = self._last_activity + self._max_idle
+        if when is not None:
+            self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _oldest(self) -> Request | None:
+        if self._by_id:
+            return next(iter(self._ids.values()), None)
+        return self._fifo[0] if self._fifo else None
+
+    def _on_timer(self) -> None:
+        """Deadlines are checked lazily: one timer per connection, not one per request."""
+        self._timer = None
+        now = self._loop.time()
+        oldest = self._oldest()
+        if oldest is not None and oldest.deadline <= now:
+            if self._by_id:
+                self._expire_ids(now)
+            else:
+                logger.warning(
+                    "%s: no answer within %.3gs; closing the connection so a late answer "
+                    "cannot reach another request",
+                    self.name,
+                    self._timeout,
+                )
+                self._retire(FailureReason.TIMEOUT)
+                return
+        elif oldest is None and self._max_idle and self._ready:
+            if now - self._last_activity >= self._max_idle:
+                logger.info("%s: idle for %.3gs; closing until needed", self.name, self._max_idle)
+                self.closed_for_idle = True
+                self._ready = False
+                if self._transport is not None:
+                    self._transport.close()
+                return
+        self._schedule_timer()
+
+    def _expire_ids(self, now: float) -> None:
+        """Answer every request past its deadline with the timeout answer; keep the link."""
+        while (oldest := self._oldest()) is not None and oldest.deadline <= now:
+            del self._ids[oldest.wire_id]
+            self._inflight -= 1
+            logger.warning(
+                "%s: no answer to transaction %d within %.3gs",
+                self.name,
+                oldest.wire_id,
+                self._timeout,
+            )
+            self._dispatcher.fail(oldest, FailureReason.TIMEOUT)
+        if self._ready and self.can_send:
+            self._dispatcher.connection_available(self)
+
+    # ------------------------------------------------------------------ closing
+
+    def _fail_all(self, reason: FailureReason) -> None:
+        failed = list(self._fifo)
+        failed.extend(self._ids.values())
+        self._fifo.clear()
+        self._ids.clear()
+        self._inflight = 0
+        for request in failed:
+            self._dispatcher.fail(request, reason)
+
+    def _retire(self, reason: FailureReason) -> None:
+        """Stop using this connection: fail what is on it and close it at once."""
+        self._ready = False
+        self._fail_all(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        """Close the connection (shutdown); outstanding requests get the broken answer."""
+        self._ready = False
+        if self._transport is not None:
+            self._transport.close()
