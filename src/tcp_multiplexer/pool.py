@@ -21,6 +21,7 @@ from tcp_multiplexer.dispatch import Dispatcher
 from tcp_multiplexer.framing.base import Codec
 from tcp_multiplexer.logtext import format_peer
 from tcp_multiplexer.metrics import Metrics
+from tcp_multiplexer.spin import Spinner
 from tcp_multiplexer.upstream import UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,14 @@ class UpstreamPool:
     """N slots, the connections they hold, and whether the target is reachable."""
 
     def __init__(
-        self, config: ServerConfig, codec: Codec, dispatcher: Dispatcher, metrics: Metrics
+        self,
+        config: ServerConfig,
+        codec: Codec,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        spinner: Spinner,
     ) -> None:
+        self._spinner = spinner
         self._config = config
         self._codec = codec
         self._dispatcher = dispatcher
@@ -137,6 +144,7 @@ class UpstreamPool:
                             self._codec,
                             self._dispatcher,
                             self._metrics,
+                            self._spinner,
                             timeout=config.timeout,
                             max_inflight=config.max_inflight,
                             request_gap=config.request_gap,

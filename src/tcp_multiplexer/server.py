@@ -17,6 +17,7 @@ from tcp_multiplexer.metrics import Metrics
 from tcp_multiplexer.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.pool import UpstreamPool
 from tcp_multiplexer.session import ClientSession
+from tcp_multiplexer.spin import Spinner
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,17 @@ class Multiplexer:
         self._metrics_task: asyncio.Task[None] | None = None
         self._dispatcher: Dispatcher | None = None
         self._pool: UpstreamPool | None = None
+        self._spinner: Spinner | None = None
 
     @property
     def dispatcher(self) -> Dispatcher:
         assert self._dispatcher is not None, "start() first"
         return self._dispatcher
+
+    @property
+    def spinner(self) -> Spinner:
+        assert self._spinner is not None, "start() first"
+        return self._spinner
 
     @property
     def pool(self) -> UpstreamPool:
@@ -87,6 +94,7 @@ class Multiplexer:
         old_limit, new_limit = raise_file_limit()
         if new_limit != old_limit:
             logger.info("raised the open-file limit from %d to %d", old_limit, new_limit)
+        self._spinner = Spinner()
         policy = make_policy(config, self.metrics, self.codec)
         self._dispatcher = Dispatcher(
             self.codec,
@@ -96,7 +104,7 @@ class Multiplexer:
             policy=policy,
             coalesce=config.modbus.coalesce,
         )
-        self._pool = UpstreamPool(config, self.codec, self._dispatcher, self.metrics)
+        self._pool = UpstreamPool(config, self.codec, self._dispatcher, self.metrics, self._spinner)
         self._dispatcher.attach_pool(self._pool)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(

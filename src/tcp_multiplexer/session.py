@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import deque
 from enum import IntFlag
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec
@@ -52,12 +52,13 @@ class ClientSession(asyncio.Protocol):
         self._closing = False
         self.closed = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._spinner = server.spinner
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.name = f"client #{self.number} {format_peer(peer)}"
         self._server.session_opened(self)
@@ -77,6 +78,7 @@ class ClientSession(asyncio.Protocol):
             return
         dispatcher = self._dispatcher
         now = self._loop.time()
+        self._spinner.touch()
         for payload in messages:
             if self._closing:
                 return

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, cast, Final
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec, Correlation, FailureReason
 from tcp_multiplexer.logtext import hex_dump
 from tcp_multiplexer.metrics import Metrics
+from tcp_multiplexer.spin import Spinner
 from tcp_multiplexer.request import Request, RequestState
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         codec: Codec,
         dispatcher: Dispatcher,
         metrics: Metrics,
+        spinner: Spinner,
         *,
         timeout: float,
         max_inflight: int,
@@ -48,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._codec = codec
         self._dispatcher = dispatcher
         self._metrics = metrics
+        self._spinner = spinner
         self._timeout = timeout
         self._capacity = max_inflight
         self._gap = request_gap
@@ -143,8 +146,8 @@ class UpstreamConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -182,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not messages:
             return
         dispatcher = self._dispatcher
+        self._spinner.touch()
         freed = False
         for message in messages:
             if self._debug:

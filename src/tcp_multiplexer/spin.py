@@ -1,0 +1,45 @@
+"""Busy-polling for a short window after I/O, to skip the idle-wakeup latency.
+
+When a request or an answer has just passed through, the next event (the target's
+answer, the client's next request) usually follows within tens of microseconds.
+Sleeping in epoll between them costs a scheduler wakeup, which on virtual machines
+and power-saving CPUs takes longer than the work itself. So after each burst of I/O
+the loop keeps polling without blocking for `window` seconds, as Go's scheduler
+spins before parking a thread. Cost: at most `window` of CPU after the last event;
+a Modbus poller at 10 requests/s pays well under 1 % of a core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+SPIN_WINDOW_S: Final = 0.0002
+"""200 µs: a few loopback round trips, far below any device's answer time."""
+
+
+class Spinner:
+    """Keeps the event loop polling until `window` seconds after the last `touch()`."""
+
+    __slots__ = ("_active", "_loop", "_until", "_window")
+
+    def __init__(self, window: float = SPIN_WINDOW_S) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._window = window
+        self._until = 0.0
+        self._active = False
+
+    def touch(self) -> None:
+        """Note I/O activity now: spin for another window."""
+        if not self._window:
+            return
+        self._until = self._loop.time() + self._window
+        if not self._active:
+            self._active = True
+            self._loop.call_soon(self._spin)
+
+    def _spin(self) -> None:
+        if self._loop.time() < self._until:
+            self._loop.call_soon(self._spin)
+        else:
+            self._active = False
