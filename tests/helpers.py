@@ -1,0 +1,163 @@
+"""Shared test helpers: an in-process multiplexer, a CLI subprocess, readiness waits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from tcp_multiplexer.config import Address, ServerConfig
+from tcp_multiplexer.server import Multiplexer
+
+LOOPBACK = "127.0.0.1"
+
+
+async def eventually(
+    predicate: Callable[[], bool], within: float = 5.0, message: str = "condition"
+) -> None:
+    """Wait until `predicate()` is true (checked every few ms), or fail after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {message}")
+        await asyncio.sleep(0.005)
+
+
+def mux_config(target_port: int, **overrides: Any) -> ServerConfig:
+    """A ServerConfig on loopback port 0 with test-friendly timings."""
+    base = ServerConfig(
+        target=Address(LOOPBACK, target_port),
+        listen=Address(LOOPBACK, 0),
+        timeout=5.0,
+        connect_timeout=2.0,
+        reconnect_backoff=0.05,
+        metrics_interval=0.0,
+    )
+    return replace(base, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_multiplexer(config: ServerConfig) -> AsyncIterator[Multiplexer]:
+    """A started in-process Multiplexer, shut down on exit (also on failure)."""
+    multiplexer = Multiplexer(config)
+    await multiplexer.start()
+    try:
+        yield multiplexer
+    finally:
+        await multiplexer.shutdown(grace=1.0)
+
+
+async def wait_for_target_connection(multiplexer: Multiplexer, count: int = 1) -> None:
+    """Wait until the pool holds `count` target connections."""
+    await eventually(
+        lambda: multiplexer.pool.connections >= count, message=f"{count} target connection(s)"
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    port: int,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A client connection to the multiplexer, closed on exit."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+class CliProcess:
+    """`python -m tcp_multiplexer ...` in a subprocess; a thread collects its stderr."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "tcp_multiplexer", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        self._new_line = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        with self._new_line:
+            self.lines.append("")  # end of stream marker
+            self._new_line.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """Wait for a stderr line matching `pattern`; fail if the process ends first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._new_line:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                ended = bool(self.lines) and self.lines[-1] == ""
+                remaining = deadline - time.monotonic()
+                if ended or remaining <= 0:
+                    raise AssertionError(
+                        f"no line matching {pattern!r} from {self.args}; got:\n{self.output()}"
+                    )
+                self._new_line.wait(remaining)
+
+    def listening_port(self) -> int:
+        """The port from the `listening on HOST:PORT` line."""
+        return int(self.wait_for_line(r"listening on [^ ]*:(\d+)").group(1))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send `sig`, wait for exit, return the exit status (killing it if it hangs)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.stdout = self.process.stdout.read()
+            self.process.stdout.close()
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def cli_process(args: list[str]) -> Iterator[CliProcess]:
+    """A CLI subprocess that is stopped on exit, also when the test fails."""
+    process = CliProcess(args)
+    try:
+        yield process
+    finally:
+        if process.process.poll() is None:
+            process.process.kill()
+        process.stop()

@@ -1,0 +1,142 @@
+"""The command line: every flag reaches ServerConfig; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from tcp_multiplexer import __version__
+from tcp_multiplexer.cli import build_parser, config_from_args, main
+from tcp_multiplexer.config import Address, ModbusOptions, ServerConfig
+from tcp_multiplexer.framing.base import ProtocolName
+
+
+def parse(*argv: str) -> ServerConfig:
+    return config_from_args(build_parser().parse_args(["server", *argv]))
+
+
+def test_defaults_match_the_reference() -> None:
+    config = parse()
+    assert config == ServerConfig()
+    assert config.protocol is ProtocolName.ECHO
+    assert config.target == Address("127.0.0.1", 1234)
+    assert config.listen == Address("", 8000)
+    assert config.timeout == 60.0
+    assert config.delay == 0.0
+    assert config.max_connections == 1
+    assert config.reconnect_backoff == 1.0
+    assert config.health_check_interval == 30.0
+    assert config.queue_size == 32
+    assert config.connect_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        pytest.param(["-p", "modbus"], "protocol", ProtocolName.MODBUS, id="p"),
+        pytest.param(
+            ["--applicationProtocol", "HTTP"], "protocol", ProtocolName.HTTP, id="appproto"
+        ),
+        pytest.param(["-t", "10.0.0.5:502"], "target", Address("10.0.0.5", 502), id="t"),
+        pytest.param(["--targetServer", "[::1]:1502"], "target", Address("::1", 1502), id="t6"),
+        pytest.param(["-l", "5020"], "listen", Address("", 5020), id="l-port"),
+        pytest.param(["-l", "127.0.0.1:5020"], "listen", Address("127.0.0.1", 5020), id="l-host"),
+        pytest.param(["--listen", ":5020"], "listen", Address("", 5020), id="l-colon"),
+        pytest.param(["--timeout", "2.5"], "timeout", 2.5, id="timeout-frac"),
+        pytest.param(["--timeout", "1m30s"], "timeout", 90.0, id="timeout-go"),
+        pytest.param(["--connect-timeout", "500ms"], "connect_timeout", 0.5, id="connect"),
+        pytest.param(["--delay", "1s"], "delay", 1.0, id="delay"),
+        pytest.param(["--max-connections", "4"], "max_connections", 4, id="maxconn"),
+        pytest.param(["--reconnect-backoff", "250ms"], "reconnect_backoff", 0.25, id="backoff"),
+        pytest.param(["--health-check-interval", "1m"], "health_check_interval", 60.0, id="health"),
+        pytest.param(["--queue-size", "100"], "queue_size", 100, id="queue"),
+        pytest.param(["--max-inflight", "16"], "max_inflight", 16, id="inflight"),
+        pytest.param(["--client-backlog", "4"], "client_backlog", 4, id="backlog"),
+        pytest.param(["--request-gap", "50ms"], "request_gap", 0.05, id="gap"),
+        pytest.param(["--max-idle", "5m"], "max_idle", 300.0, id="idle"),
+        pytest.param(["--metrics-interval", "10s"], "metrics_interval", 10.0, id="metrics"),
+        pytest.param(["--lenient-ids"], "modbus", ModbusOptions(lenient_ids=True), id="lenient"),
+        pytest.param(["--no-coalesce"], "modbus", ModbusOptions(coalesce=False), id="coalesce"),
+        pytest.param(["--cache-ttl", "2s"], "modbus", ModbusOptions(cache_ttl=2.0), id="cache"),
+        pytest.param(["--read-only"], "modbus", ModbusOptions(read_only=True), id="readonly"),
+    ],
+)
+def test_every_flag_reaches_the_config(argv: list[str], field: str, expected: object) -> None:
+    assert getattr(parse(*argv), field) == expected
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "tcp_multiplexer", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        pytest.param(["-p", "smtp"], "unknown protocol 'smtp'", id="protocol"),
+        pytest.param(["-t", "nohost"], "invalid address", id="target-no-port"),
+        pytest.param(["-t", ":502"], "host is missing", id="target-no-host"),
+        pytest.param(["-t", "host:99999"], "outside 0..65535", id="target-port-range"),
+        pytest.param(["-l", "eighty"], "invalid", id="listen"),
+        pytest.param(["--timeout", "soon"], "invalid duration", id="duration"),
+        pytest.param(["--timeout", "-1"], "invalid duration", id="negative-duration"),
+        pytest.param(["--timeout", "0"], "--timeout must be positive", id="zero-timeout"),
+        pytest.param(["--queue-size", "-3"], "below the minimum", id="negative-size"),
+        pytest.param(["--max-connections", "0"], "below the minimum", id="zero-conns"),
+        pytest.param(["--max-inflight", "x"], "not a whole number", id="inflight-word"),
+        pytest.param(["--no-such-flag"], "unrecognized arguments", id="unknown-flag"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str) -> None:
+    result = run_cli("server", *argv)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert result.stdout == ""
+
+
+def test_missing_command_exits_2() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_list_prints_one_protocol_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["echo", "http", "iso8583", "modbus", "mpu"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"tcp-multiplexer {__version__}"
+
+
+@pytest.mark.parametrize("command", ["server", "example-server", "demo"])
+def test_help_explains_every_option(command: str) -> None:
+    parser = build_parser()
+    subcommands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    subparser = subcommands.choices[command]
+    for action in subparser._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    for action in subparser._actions:
+        for option in action.option_strings:
+            assert option in result.stdout
+
+
+def test_python_dash_m_matches_the_script() -> None:
+    result = run_cli("list")
+    assert result.returncode == 0
+    assert result.stdout.split() == ["echo", "http", "iso8583", "modbus", "mpu"]
