@@ -199,8 +199,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         type=_count(1),
         default=DEFAULT_CLIENT_BACKLOG,
         metavar="N",
-        help="requests one client may have outstanding before it is not read from "
-        "(default: 16)",
+        help="requests one client may have outstanding before it is not read from (default: 16)",
     )
     pool.add_argument(
         "--request-gap",
@@ -263,15 +262,17 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> OneLineErrorParser:
     """The whole command line."""
-    from tcp_multiplexer import demo
-    from tcp_multiplexer.targets import cli as targets_cli
+    import tcp_multiplexer.demo as demo
+    import tcp_multiplexer.targets.cli as targets_cli
 
     parser = OneLineErrorParser(
         prog="tcp-multiplexer",
         description="Let many TCP clients share one (or a few) connections to a target that "
         "accepts only a few: Modbus/TCP, HTTP/1.1, ISO-8583, MPU and newline protocols.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=OneLineErrorParser
+    )
     commands.required = True
     server = commands.add_parser(
         "server",

@@ -20,7 +20,7 @@ import signal
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from tcp_multiplexer.config import Address, ModbusOptions, ServerConfig, parse_duration
 from tcp_multiplexer.errors import ConfigError
@@ -196,7 +196,7 @@ async def run_demo(duration: float, out: TextIO) -> int:
     return 0 if not failures and not total_wrong and total_answers else 1
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register `tcp-multiplexer demo`."""
     parser = subparsers.add_parser(
         "demo",

@@ -97,7 +97,8 @@ class Dispatcher:
                     self._leaders[key] = request
                     request.coalesce_key = key
         pool = self._pool
-        assert pool is not None, "attach_pool() before submit()"
+        if pool is None:
+            raise RuntimeError("attach_pool() before submit()")
         if not self._waiting:
             connection = pool.available_connection()
             if connection is not None:

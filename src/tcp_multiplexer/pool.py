@@ -92,13 +92,20 @@ class UpstreamPool:
         return len(self._connections)
 
     @property
+    def closing(self) -> bool:
+        """True once close() has begun: slots stop reconnecting."""
+        return self._closing
+
+    @property
     def unreachable(self) -> bool:
         """No connection is up and the last attempt to open one failed."""
         return self._last_attempt_failed and not self._connections
 
     def start(self) -> None:
         for slot in self._slots:
-            slot.task = self._loop.create_task(self._run_slot(slot), name=f"target-slot-{slot.index}")
+            slot.task = self._loop.create_task(
+                self._run_slot(slot), name=f"target-slot-{slot.index}"
+            )
         self._slots[0].wanted.set()
 
     def available_connection(self) -> UpstreamConnection | None:
@@ -170,7 +177,7 @@ class UpstreamPool:
                     await connection.closed
                 finally:
                     self._connection_down(connection)
-            if self._closing:
+            if self.closing:
                 return
             if connection.closed_for_idle:
                 slot.wanted.clear()
@@ -205,7 +212,9 @@ class UpstreamPool:
         if not self._connections:
             self._dispatcher.target_unreachable()
 
-    def _connection_up(self, connection: UpstreamConnection, transport: asyncio.BaseTransport) -> None:
+    def _connection_up(
+        self, connection: UpstreamConnection, transport: asyncio.BaseTransport
+    ) -> None:
         self._last_attempt_failed = False
         self._connections.append(connection)
         self._metrics.target_connections += 1
@@ -232,4 +241,3 @@ class UpstreamPool:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-

@@ -26,8 +26,8 @@ class RequestState(IntEnum):
 class Request:
     """A framed client request and, once known, the bytes that answer it.
 
-    `reply` None means "no answer yet"; b"" is never a reply. `close_client` is set
-    when the protocol has no gateway answer and the client must be closed instead.
+    `reply` is meaningful once `state` is DONE, unless `close_client` is set: the
+    protocol has no gateway answer and the client must be closed instead.
     """
 
     __slots__ = (
@@ -49,7 +49,7 @@ class Request:
         self.submitted_at = now
         self.deadline = 0.0
         self.state = RequestState.NEW
-        self.reply: bytes | None = None
+        self.reply = b""
         self.close_client = False
         self.coalesce_key: Hashable | None = None
         self.followers: list[Request] | None = None

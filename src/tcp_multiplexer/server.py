@@ -67,23 +67,27 @@ class Multiplexer:
 
     @property
     def dispatcher(self) -> Dispatcher:
-        assert self._dispatcher is not None, "start() first"
+        if self._dispatcher is None:
+            raise RuntimeError("start() first")
         return self._dispatcher
 
     @property
     def spinner(self) -> Spinner:
-        assert self._spinner is not None, "start() first"
+        if self._spinner is None:
+            raise RuntimeError("start() first")
         return self._spinner
 
     @property
     def pool(self) -> UpstreamPool:
-        assert self._pool is not None, "start() first"
+        if self._pool is None:
+            raise RuntimeError("start() first")
         return self._pool
 
     @property
     def port(self) -> int:
         """The port actually listened on (useful with port 0)."""
-        assert self._server is not None, "start() first"
+        if self._server is None:
+            raise RuntimeError("start() first")
         sock: socket.socket = self._server.sockets[0]
         port: int = sock.getsockname()[1]
         return port

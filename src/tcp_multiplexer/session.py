@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, cast
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec
-from tcp_multiplexer.request import Request, RequestState
 from tcp_multiplexer.logtext import format_peer, hex_dump
+from tcp_multiplexer.request import Request, RequestState
 
 if TYPE_CHECKING:
     from tcp_multiplexer.dispatch import Dispatcher
@@ -80,7 +80,7 @@ class ClientSession(asyncio.Protocol):
         now = self._loop.time()
         self._spinner.touch()
         for payload in messages:
-            if self._closing:
+            if self.closing:
                 return
             if self._debug:
                 logger.debug("%s -> %s", self.name, hex_dump(payload))
@@ -96,10 +96,8 @@ class ClientSession(asyncio.Protocol):
             self._framer.feed_eof()
         except FramingError as exc:
             logger.info("%s closed in the middle of a request (%s)", self.name, exc)
-        if not self._outstanding:
-            return False
         # Half-close: the client sent everything; answer what is outstanding, then close.
-        return True
+        return bool(self._outstanding)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -138,7 +136,6 @@ class ClientSession(asyncio.Protocol):
                 close_after = True
                 break
             reply = done.reply
-            assert reply is not None
             if self._debug:
                 logger.debug("%s <- %s", self.name, hex_dump(reply))
             chunks.append(reply)
@@ -146,7 +143,8 @@ class ClientSession(asyncio.Protocol):
                 close_after = True
                 break
         transport = self._transport
-        assert transport is not None
+        if transport is None:
+            return
         if chunks:
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_after or (self._eof and not outstanding):
@@ -161,6 +159,11 @@ class ClientSession(asyncio.Protocol):
         self._resume(PauseReason.QUEUE)
 
     # ------------------------------------------------------------------ helpers
+
+    @property
+    def closing(self) -> bool:
+        """True once this client is being closed (its remaining requests are moot)."""
+        return self._closing
 
     @property
     def outstanding(self) -> int:
@@ -195,4 +198,3 @@ class ClientSession(asyncio.Protocol):
     def close(self) -> None:
         """Close at shutdown, after the answers already written."""
         self._close()
-

@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, cast, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec, Correlation, FailureReason
 from tcp_multiplexer.logtext import hex_dump
 from tcp_multiplexer.metrics import Metrics
-from tcp_multiplexer.spin import Spinner
 from tcp_multiplexer.request import Request, RequestState
+from tcp_multiplexer.spin import Spinner
 
 if TYPE_CHECKING:
     from tcp_multiplexer.dispatch import Dispatcher
@@ -104,7 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, request: Request) -> None:
         """Write `request` to the target; the caller checked `can_send`."""
         transport = self._transport
-        assert transport is not None
+        if transport is None:
+            raise RuntimeError(f"{self.name}: send() before connection_made()")
         payload = request.payload
         if self._by_id:
             request_id = self._allocate_id()
@@ -265,14 +266,18 @@ class UpstreamConnection(asyncio.Protocol):
                 )
                 self._retire(FailureReason.TIMEOUT)
                 return
-        elif oldest is None and self._max_idle and self._ready:
-            if now - self._last_activity >= self._max_idle:
-                logger.info("%s: idle for %.3gs; closing until needed", self.name, self._max_idle)
-                self.closed_for_idle = True
-                self._ready = False
-                if self._transport is not None:
-                    self._transport.close()
-                return
+        elif (
+            oldest is None
+            and self._max_idle
+            and self._ready
+            and now - self._last_activity >= self._max_idle
+        ):
+            logger.info("%s: idle for %.3gs; closing until needed", self.name, self._max_idle)
+            self.closed_for_idle = True
+            self._ready = False
+            if self._transport is not None:
+                self._transport.close()
+            return
         self._schedule_timer()
 
     def _expire_ids(self, now: float) -> None:

@@ -45,7 +45,11 @@ def protocol_names() -> list[str]:
 
 
 def make_codec(name: ProtocolName, options: CodecOptions | None = None) -> Codec:
-    """The codec for protocol `name`."""
+    """The codec for protocol `name`.
+
+    Raises:
+        ValueError: `name` is not a protocol name.
+    """
     options = options or CodecOptions()
     match name:
         case ProtocolName.ECHO:
@@ -58,3 +62,6 @@ def make_codec(name: ProtocolName, options: CodecOptions | None = None) -> Codec
             return ModbusCodec(lenient_ids=options.lenient_ids)
         case ProtocolName.HTTP:
             return HttpCodec()
+    # Unreachable for a ProtocolName, but a plain string that is none (say from an
+    # unchecked config path) must not fall through to an implicit None.
+    raise ValueError(f"unknown protocol {name!r}")

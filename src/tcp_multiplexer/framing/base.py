@@ -185,6 +185,8 @@ class MessageBuffer:
         self.check()
         if self.buf:
             raise self.poison(
-                IncompleteMessage(protocol, f"stream ended inside a message ({len(self.buf)} bytes)")
+                IncompleteMessage(
+                    protocol, f"stream ended inside a message ({len(self.buf)} bytes)"
+                )
             )
         return []

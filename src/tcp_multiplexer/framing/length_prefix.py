@@ -82,7 +82,9 @@ class LengthPrefixFramer:
                 size = prefix_size + self._decode(prefix)
             except ValueError:
                 raise buffer.poison(
-                    MalformedMessage(self._protocol, f"length prefix {bytes(prefix)!r} is not digits")
+                    MalformedMessage(
+                        self._protocol, f"length prefix {bytes(prefix)!r} is not digits"
+                    )
                 ) from None
             if size > self._max:
                 raise buffer.poison(
@@ -118,5 +120,8 @@ def iso8583_framer(max_message_size: int = ISO8583_MAX_MESSAGE_SIZE) -> LengthPr
 def mpu_framer(max_message_size: int = MPU_MAX_MESSAGE_SIZE) -> LengthPrefixFramer:
     """A framer for MPU messages: 4 ASCII decimal digits of length, then the body."""
     return LengthPrefixFramer(
-        ProtocolName.MPU, MPU_PREFIX_SIZE, _ascii_length, min(max_message_size, MPU_MAX_MESSAGE_SIZE)
+        ProtocolName.MPU,
+        MPU_PREFIX_SIZE,
+        _ascii_length,
+        min(max_message_size, MPU_MAX_MESSAGE_SIZE),
     )

@@ -46,8 +46,9 @@ class LineFramer:
         buffer = self._buffer
         buffer.check()
         buf = buffer.buf
-        # Fast path: nothing held and `data` is exactly one line (the usual request).
-        if not buf and data.find(b"\n") == len(data) - 1 and len(data) <= self._max:
+        # Fast path: nothing held and `data` is exactly one line (the usual request). An
+        # empty `data` must not take it: find() gives -1 == len - 1, a phantom empty line.
+        if not buf and data and data.find(b"\n") == len(data) - 1 and len(data) <= self._max:
             return [bytes(data)]
         buf += data
         messages: list[bytes] = []

@@ -14,7 +14,7 @@ class ReadKey(NamedTuple):
     unit: int
     function: int
     address: int
-    count: int
+    quantity: int
 
 
 class _Entry(NamedTuple):
@@ -71,7 +71,7 @@ class ReadCache:
             if key.unit == unit
             and key.function in functions
             and key.address < end
-            and start < key.address + key.count
+            and start < key.address + key.quantity
         ]
         for key in stale:
             del self._entries[key]

@@ -1,0 +1,628 @@
+"""HTTP/1.1 messages, framed by the body rules of RFC 9112 section 6.3.
+
+Wire layout of one message (RFC 9112 section 2.1)::
+
+    +------------------------------------------+
+    | start line CRLF                          |  request: method SP target SP HTTP/1.x
+    |                                          |  response: HTTP/1.x SP status [SP reason]
+    | *( field-name ":" OWS value OWS CRLF )   |  header block: at most HTTP_MAX_HEADER_SIZE,
+    | CRLF                                     |  start line and blank line included
+    +------------------------------------------+
+    | body, framed by the first rule that applies:
+    |   response to HEAD, 1xx, 204, 304 -> none
+    |   Transfer-Encoding: chunked      -> chunks up to the last (size 0) one, then trailers:
+    |       *( hex-size [;ext] CRLF  size bytes of data  CRLF )
+    |       0 [;ext] CRLF  *( trailer field CRLF )  CRLF
+    |   Content-Length: n               -> exactly n bytes
+    |   otherwise, request              -> none
+    |   otherwise, response             -> every byte until the target closes (close-delimited)
+    +------------------------------------------+
+
+The target connection is shared between clients, so any framing the target might read
+differently from us would let one client smuggle a request into another's exchange
+(RFC 9112 section 11.2). Everything ambiguous is therefore rejected rather than guessed:
+Content-Length with Transfer-Encoding, any transfer coding but a lone ``chunked``,
+differing Content-Length values, obsolete line folding, whitespace before a colon, bare
+CR or NUL, malformed chunk lines. Upgrade, CONNECT and 101 responses would turn the
+connection into a tunnel, which a request/response multiplexer cannot share, so they are
+rejected too.
+
+Lines in the header block and in the trailer section may end in a bare LF, as RFC 9112
+section 2.2 allows and h11, nginx and Node accept; chunk-size lines and the CRLF after
+chunk data must be exact CRLF (as in h11). Messages are handed back byte for byte.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable
+from typing import Final
+
+from tcp_multiplexer.errors import FramingError, MalformedMessage, MessageTooLarge
+from tcp_multiplexer.framing.base import (
+    Correlation,
+    FailureReason,
+    Framer,
+    MessageBuffer,
+    ProtocolName,
+    ResponseFramer,
+)
+
+HTTP_MAX_HEADER_SIZE: Final = 16 * 1024
+"""Longest header block, start line and blank line included (h11's default too).
+
+The same bound applies to each chunk-size line and to the trailer section.
+"""
+HTTP_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
+"""Default longest body as it is on the wire (chunk framing and trailers included).
+
+Whole messages are held in memory until complete, so this bounds memory per connection.
+"""
+
+_PROTOCOL: Final = ProtocolName.HTTP
+
+# Framer states: where in a message the next byte belongs.
+_HEAD: Final = 0
+"""Looking for the blank line that ends the header block."""
+_FIXED: Final = 1
+"""Content-Length body: the message ends at a known offset."""
+_CHUNK_LINE: Final = 2
+"""Looking for the LF that ends a chunk-size line."""
+_CHUNK_DATA: Final = 3
+"""Waiting for chunk data and its CRLF."""
+_TRAILER: Final = 4
+"""After the last chunk: looking for the blank line that ends the trailer section."""
+_CLOSE: Final = 5
+"""Close-delimited response body: everything up to EOF."""
+
+# Body framing decided by a header block, besides _FIXED and _CHUNK_LINE (chunked).
+_NO_BODY: Final = 6
+_UNDELIMITED: Final = 7
+"""Neither Content-Length nor Transfer-Encoding."""
+
+_MAX_LENGTH_DIGITS: Final = 19
+"""Content-Length digits accepted: 19 reach 2**63 - 1, the largest size most targets can
+hold; longer values are an overflow attempt, and `int()` refuses strings over 4300 digits.
+"""
+_MAX_CHUNK_SIZE_DIGITS: Final = 16
+"""Hex digits in a chunk size: 16 reach 2**64 - 1; more is padding or an overflow attempt."""
+
+_DIGITS: Final = frozenset(b"0123456789")
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+_TCHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""RFC 9110 section 5.6.2 token characters (deleted with `bytes.translate` to validate)."""
+_VCHARS: Final = bytes(range(0x21, 0x7F))
+"""Visible ASCII: what a request-target may contain (RFC 3986 characters are a subset)."""
+_OWS: Final = b" \t"
+_SP: Final = 0x20
+
+_FRAMING_FIELDS: Final = frozenset(
+    (b"content-length", b"transfer-encoding", b"upgrade", b"connection")
+)
+"""The only fields whose values the framers and the codec read (lower-case)."""
+
+
+class _HttpFramer(ABC):
+    """The incremental parser shared by request and response framers.
+
+    State between calls is kept as offsets relative to the start of the message being
+    read, which is always at the front of the buffer: `_scan` (where the next delimiter
+    search resumes), `_body_start` and `_target` (end of the Content-Length body, start
+    of the current chunk-size line or trailer section, or end of the chunk data).
+    """
+
+    __slots__ = (
+        "_body_start",
+        "_buffer",
+        "_max_body",
+        "_max_header",
+        "_scan",
+        "_state",
+        "_target",
+    )
+
+    def __init__(self, *, max_body_size: int, max_header_size: int) -> None:
+        if max_body_size < 0:
+            raise ValueError("max_body_size must not be negative")
+        if max_header_size < 1:
+            raise ValueError("max_header_size must be positive")
+        self._buffer = MessageBuffer()
+        self._max_body = max_body_size
+        self._max_header = max_header_size
+        self._state = _HEAD
+        self._scan = 0
+        self._body_start = 0
+        self._target = 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer.buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add `data`; return every message now complete, in order ([] = need more).
+
+        Raises:
+            MessageTooLarge: a header block, chunk-size line or trailer section is longer
+                than the header limit, or a body longer than the body limit (as soon as
+                Content-Length or a chunk size shows it).
+            MalformedMessage: the bytes are not HTTP/1.1, or could be framed differently
+                by another parser (see the module docstring).
+        """
+        buffer = self._buffer
+        buffer.check()
+        buf = buffer.buf
+        try:
+            if buf:
+                buf += data
+                messages, consumed = self._frame(buf)
+                if consumed:
+                    del buf[:consumed]
+            else:
+                # Fast path: parse `data` in place, so a message that arrives in one
+                # read is handed back without being copied; keep only the remainder.
+                messages, consumed = self._frame(data)
+                if consumed < len(data):
+                    buf += memoryview(data)[consumed:]
+        except FramingError as error:
+            raise buffer.poison(error) from None
+        return messages
+
+    def feed_eof(self) -> list[bytes]:
+        """The peer closed: return a close-delimited response, if one is being read.
+
+        Raises:
+            IncompleteMessage: part of any other message is buffered.
+        """
+        buffer = self._buffer
+        buffer.check()
+        if self._state == _CLOSE:
+            message = bytes(buffer.buf)
+            buffer.buf.clear()
+            self._state = _HEAD
+            self._scan = 0
+            return [message]
+        return buffer.eof_without_message(_PROTOCOL)
+
+    @abstractmethod
+    def _parse_head(self, block: bytes) -> tuple[int, int]:
+        """Validate a header block; return its body framing and Content-Length."""
+
+    def _frame(self, source: bytes | bytearray) -> tuple[list[bytes], int]:
+        """Cut every complete message from the front of `source`.
+
+        Returns the messages and how many bytes of `source` they take; the state for the
+        partial message after them is saved relative to that point.
+        """
+        messages: list[bytes] = []
+        size = len(source)
+        start = 0
+        state = self._state
+        scan = self._scan
+        body_start = self._body_start
+        target = self._target
+        max_header = self._max_header
+        max_body = self._max_body
+        while True:
+            if state == _HEAD:
+                if start == size:
+                    break
+                end = _blank_line_end(source, scan)
+                if end < 0:
+                    if size - start > max_header:
+                        raise _too_large("header block", size - start, max_header)
+                    # The blank line may begin in the last two bytes ("\n\r" + "\n").
+                    scan = max(start, size - 2)
+                    break
+                if end - start > max_header:
+                    raise _too_large("header block", end - start, max_header)
+                framing, length = self._parse_head(bytes(source[start:end]))
+                body_start = end
+                if framing == _NO_BODY:
+                    messages.append(bytes(source[start:end]))
+                    start = scan = end
+                elif framing == _FIXED:
+                    if length > max_body:
+                        raise _too_large("Content-Length body", length, max_body)
+                    state = _FIXED
+                    target = end + length
+                elif framing == _CHUNK_LINE:
+                    state = _CHUNK_LINE
+                    target = scan = end
+                else:
+                    state = _CLOSE
+            elif state == _FIXED:
+                if size < target:
+                    break
+                messages.append(bytes(source[start:target]))
+                start = scan = target
+                state = _HEAD
+            elif state == _CHUNK_LINE:
+                newline = source.find(b"\n", scan)
+                if newline < 0:
+                    if size - target > max_header:
+                        raise _too_large("chunk-size line", size - target, max_header)
+                    if size - body_start > max_body:
+                        raise _too_large("chunked body", size - body_start, max_body)
+                    scan = size
+                    break
+                if newline - target > max_header:
+                    raise _too_large("chunk-size line", newline - target, max_header)
+                chunk_size = _chunk_size(source[target:newline])
+                if chunk_size:
+                    target = newline + 1 + chunk_size
+                    if target + 2 - body_start > max_body:
+                        raise _too_large("chunked body", target + 2 - body_start, max_body)
+                    state = _CHUNK_DATA
+                else:
+                    # The trailer section may be empty: its blank line then directly
+                    # follows this line's LF, so the search starts at that LF.
+                    state = _TRAILER
+                    target = newline + 1
+                    scan = newline
+            elif state == _CHUNK_DATA:
+                if size < target + 2:
+                    break
+                if source[target : target + 2] != b"\r\n":
+                    raise MalformedMessage(_PROTOCOL, "chunk data is not followed by CRLF")
+                target = scan = target + 2
+                state = _CHUNK_LINE
+            elif state == _TRAILER:
+                end = _blank_line_end(source, scan)
+                if end < 0:
+                    if size - target > max_header:
+                        raise _too_large("trailer section", size - target, max_header)
+                    if size - body_start > max_body:
+                        raise _too_large("chunked body", size - body_start, max_body)
+                    scan = max(scan, size - 2)
+                    break
+                if end - target > max_header:
+                    raise _too_large("trailer section", end - target, max_header)
+                if end - body_start > max_body:
+                    raise _too_large("chunked body", end - body_start, max_body)
+                _framing_fields(_head_lines(bytes(source[target:end])))
+                messages.append(bytes(source[start:end]))
+                start = scan = end
+                state = _HEAD
+            else:  # _CLOSE: nothing ends the body but EOF
+                if size - body_start > max_body:
+                    raise _too_large("close-delimited body", size - body_start, max_body)
+                break
+        self._state = state
+        self._scan = scan - start
+        self._body_start = body_start - start
+        self._target = target - start
+        return messages, start
+
+
+class HttpRequestFramer(_HttpFramer):
+    """Cuts a client's stream into HTTP/1.1 requests (pipelining allowed).
+
+    A request without Content-Length or Transfer-Encoding has no body. Upgrade and
+    CONNECT are rejected: a shared target connection cannot become a tunnel.
+    Limits: `max_header_size` per header block, chunk-size line and trailer section;
+    `max_body_size` per body as it is on the wire.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        *,
+        max_body_size: int = HTTP_MAX_BODY_SIZE,
+        max_header_size: int = HTTP_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_body_size=max_body_size, max_header_size=max_header_size)
+
+    def _parse_head(self, block: bytes) -> tuple[int, int]:
+        lines = _head_lines(block)
+        method = _request_method(lines[0])
+        if method == b"CONNECT":
+            raise MalformedMessage(_PROTOCOL, "CONNECT is not supported")
+        fields = _framing_fields(lines[1:])
+        if b"upgrade" in fields:
+            raise MalformedMessage(_PROTOCOL, "Upgrade is not supported")
+        framing, length = _body_framing(fields)
+        if framing == _UNDELIMITED:
+            return _NO_BODY, 0
+        return framing, length
+
+
+class HttpResponseFramer(_HttpFramer):
+    """Cuts a target's stream into HTTP/1.1 responses, given the requests sent.
+
+    Call `expect_response(request)` before each request is sent: the framer keeps the
+    requests' methods in order, because a response to HEAD has no body whatever its
+    headers say. Interim (1xx) responses are messages of their own and leave the request
+    waiting for its final response. A final response with neither Content-Length nor
+    chunked coding is close-delimited: `feed_eof()` returns it.
+
+    Raises `MalformedMessage` for a response when no request is outstanding (checked once
+    its header block is in) and for 101 Switching Protocols (Upgrade is not supported).
+    """
+
+    __slots__ = ("_head_requests",)
+
+    def __init__(
+        self,
+        *,
+        max_body_size: int = HTTP_MAX_BODY_SIZE,
+        max_header_size: int = HTTP_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_body_size=max_body_size, max_header_size=max_header_size)
+        self._head_requests: deque[bool] = deque()
+        """One entry per request awaiting its final response: True for HEAD."""
+
+    def expect_response(self, request: bytes) -> None:
+        """Note that `request` (a complete request message) is about to be sent."""
+        self._head_requests.append(request.startswith(b"HEAD "))
+
+    def _parse_head(self, block: bytes) -> tuple[int, int]:
+        if not self._head_requests:
+            raise MalformedMessage(_PROTOCOL, "response without an outstanding request")
+        lines = _head_lines(block)
+        status = _status_code(lines[0])
+        # Framing fields are validated even where they are ignored: a target that
+        # sends a malformed one is not one whose framing can be trusted.
+        framing, length = _body_framing(_framing_fields(lines[1:]))
+        if status < 200:
+            if status == 101:
+                raise MalformedMessage(_PROTOCOL, "101 Switching Protocols: Upgrade not supported")
+            return _NO_BODY, 0
+        if self._head_requests.popleft() or status == 204:
+            return _NO_BODY, 0
+        if framing == _UNDELIMITED:
+            return _CLOSE, 0
+        return framing, length
+
+
+def _blank_line_end(source: bytes | bytearray, start: int) -> int:
+    """Offset just past the first blank line (LF, optional CR, LF) at or after `start`.
+
+    Returns -1 if there is none yet.
+    """
+    crlf = source.find(b"\n\r\n", start)
+    if crlf < 0:
+        bare = source.find(b"\n\n", start)
+        return bare + 2 if bare >= 0 else -1
+    # A bare "\n\n" before the first "\n\r\n" ends the block earlier (it cannot start at
+    # `crlf` itself, so the search stops there).
+    bare = source.find(b"\n\n", start, crlf + 1)
+    return bare + 2 if bare >= 0 else crlf + 3
+
+
+def _head_lines(block: bytes) -> list[bytes]:
+    """The lines of a header block or trailer section, without line ends or blank line.
+
+    Raises:
+        MalformedMessage: a bare CR or a NUL (RFC 9110 section 5.5: dangerous to forward).
+    """
+    if b"\0" in block or block.count(b"\r") != block.count(b"\r\n"):
+        raise MalformedMessage(_PROTOCOL, "bare CR or NUL in a header block")
+    lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    del lines[-2:]  # the blank line, and the empty string after its LF
+    return lines
+
+
+def _request_method(line: bytes) -> bytes:
+    """The method of a valid request line (method SP request-target SP HTTP-version)."""
+    parts = line.split(b" ")
+    if (
+        len(parts) != 3
+        or not parts[0]
+        or parts[0].translate(None, _TCHARS)
+        or not parts[1]
+        or parts[1].translate(None, _VCHARS)
+        or not _is_version(parts[2])
+    ):
+        raise MalformedMessage(_PROTOCOL, f"bad request line {line[:80]!r}")
+    return parts[0]
+
+
+def _status_code(line: bytes) -> int:
+    """The status of a valid status line (HTTP-version SP 3DIGIT [SP reason])."""
+    if (
+        len(line) < 12
+        or not _is_version(line[:8])
+        or line[8] != _SP
+        or not _DIGITS.issuperset(line[9:12])
+        or (len(line) > 12 and line[12] != _SP)
+    ):
+        raise MalformedMessage(_PROTOCOL, f"bad status line {line[:80]!r}")
+    return int(line[9:12])
+
+
+def _is_version(version: bytes) -> bool:
+    """HTTP/1.x: later minor versions are read as 1.1 (RFC 9110 section 2.5)."""
+    return len(version) == 8 and version.startswith(b"HTTP/1.") and version[7] in _DIGITS
+
+
+def _framing_fields(lines: Iterable[bytes]) -> dict[bytes, list[bytes]]:
+    """Validate field lines; return the values of `_FRAMING_FIELDS` by lower-case name.
+
+    Raises:
+        MalformedMessage: obsolete line folding, a line without a colon, whitespace
+            before the colon, or a name that is not a token.
+    """
+    fields: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        colon = line.find(b":")
+        name = line[:colon]
+        if colon < 1 or name.translate(None, _TCHARS):
+            raise MalformedMessage(_PROTOCOL, _field_line_error(line))
+        lowered = name.lower()
+        if lowered in _FRAMING_FIELDS:
+            fields.setdefault(lowered, []).append(line[colon + 1 :].strip(_OWS))
+    return fields
+
+
+def _field_line_error(line: bytes) -> str:
+    if line[:1] in (b" ", b"\t"):
+        problem = "obsolete line folding"
+    elif b":" not in line:
+        problem = "field line without a colon"
+    elif line.split(b":", 1)[0][-1:] in (b" ", b"\t"):
+        problem = "whitespace before the colon"
+    else:
+        problem = "invalid field name"
+    return f"{problem}: {line[:80]!r}"
+
+
+def _body_framing(fields: dict[bytes, list[bytes]]) -> tuple[int, int]:
+    """(_CHUNK_LINE, 0), (_FIXED, length) or (_UNDELIMITED, 0): RFC 9112 section 6.3.
+
+    Raises:
+        MalformedMessage: Content-Length with Transfer-Encoding, a coding other than a
+            lone ``chunked``, or a Content-Length that is not one repeated number.
+    """
+    codings = fields.get(b"transfer-encoding")
+    lengths = fields.get(b"content-length")
+    if codings is not None:
+        if lengths is not None:
+            raise MalformedMessage(_PROTOCOL, "Content-Length with Transfer-Encoding")
+        if len(codings) != 1 or codings[0].lower() != b"chunked":
+            raise MalformedMessage(
+                _PROTOCOL, f"unsupported Transfer-Encoding {b', '.join(codings)[:80]!r}"
+            )
+        return _CHUNK_LINE, 0
+    if lengths is not None:
+        return _FIXED, _content_length(lengths)
+    return _UNDELIMITED, 0
+
+
+def _content_length(values: list[bytes]) -> int:
+    # Identical repeats, in several fields or a comma list, are allowed (RFC 9110 section
+    # 8.6); they are compared as written, so "5" and "05" differ, as in h11.
+    distinct = {item.strip(_OWS) for value in values for item in value.split(b",")}
+    if len(distinct) != 1:
+        raise MalformedMessage(_PROTOCOL, f"differing Content-Length values {sorted(distinct)!r}")
+    (digits,) = distinct
+    if not digits or not _DIGITS.issuperset(digits):
+        raise MalformedMessage(_PROTOCOL, f"Content-Length {digits[:80]!r} is not digits")
+    if len(digits) > _MAX_LENGTH_DIGITS:
+        raise MalformedMessage(_PROTOCOL, f"Content-Length of {len(digits)} digits")
+    return int(digits)
+
+
+def _chunk_size(line: bytes | bytearray) -> int:
+    """The size announced by a chunk-size line (LF excluded): hex [BWS ; extensions] CR.
+
+    Extensions are not interpreted (they travel unchanged).
+    """
+    if not line or line.find(b"\r") != len(line) - 1 or b"\0" in line:
+        raise MalformedMessage(_PROTOCOL, f"chunk-size line {bytes(line[:80])!r} not ended by CRLF")
+    digits = line[:-1].partition(b";")[0].rstrip(_OWS)
+    if not digits or len(digits) > _MAX_CHUNK_SIZE_DIGITS or not _HEX_DIGITS.issuperset(digits):
+        raise MalformedMessage(_PROTOCOL, f"bad chunk size in {bytes(line[:80])!r}")
+    return int(digits, 16)
+
+
+def _too_large(what: str, size: int, limit: int) -> MessageTooLarge:
+    return MessageTooLarge(_PROTOCOL, f"{what} of {size}+ bytes exceeds the limit of {limit}")
+
+
+def _message_head(message: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    """The start line and framing fields of a complete message (from a framer)."""
+    end = _blank_line_end(message, 0)
+    if end < 0:
+        raise ValueError("not a complete HTTP message: no blank line after the header block")
+    lines = _head_lines(message[:end])
+    return lines[0], _framing_fields(lines[1:])
+
+
+def _ends_connection(version: bytes, fields: dict[bytes, list[bytes]]) -> bool:
+    """RFC 9112 section 9.3: `Connection: close`, or HTTP/1.0 without keep-alive."""
+    tokens = {
+        token.strip(_OWS).lower()
+        for value in fields.get(b"connection", ())
+        for token in value.split(b",")
+    }
+    if b"close" in tokens:
+        return True
+    return version == b"HTTP/1.0" and b"keep-alive" not in tokens
+
+
+_GATEWAY_STATUS: Final = {
+    FailureReason.UNAVAILABLE: (502, "Bad Gateway"),
+    FailureReason.BUSY: (503, "Service Unavailable"),
+    FailureReason.TIMEOUT: (504, "Gateway Timeout"),
+    FailureReason.BROKEN: (502, "Bad Gateway"),
+}
+
+
+def _gateway_reply(reason: FailureReason, *, with_body: bool) -> bytes:
+    status, phrase = _GATEWAY_STATUS[reason]
+    body = f"{phrase}: {reason.value}\n".encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\n"
+        "Content-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n"
+        "\r\n"
+    ).encode()
+    return head + body if with_body else head
+
+
+_GATEWAY_REPLIES: Final = {
+    (reason, with_body): _gateway_reply(reason, with_body=with_body)
+    for reason in FailureReason
+    for with_body in (False, True)
+}
+
+
+class HttpCodec:
+    """HTTP/1.1: responses come back in request order (RFC 9112 section 9.3.2)."""
+
+    __slots__ = ()
+
+    @property
+    def name(self) -> ProtocolName:
+        return ProtocolName.HTTP
+
+    @property
+    def correlation(self) -> Correlation:
+        return Correlation.FIFO
+
+    def request_framer(self) -> Framer:
+        return HttpRequestFramer()
+
+    def response_framer(self) -> ResponseFramer:
+        return HttpResponseFramer()
+
+    def error_reply(self, request: bytes, reason: FailureReason) -> bytes | None:
+        """502 (unreachable, broken), 503 (busy) or 504 (no answer), `Connection: close`.
+
+        A short text/plain body says why; a reply to HEAD keeps its Content-Length but
+        has no body, as RFC 9110 section 9.3.2 requires.
+        """
+        return _GATEWAY_REPLIES[reason, not request.startswith(b"HEAD ")]
+
+    def request_ends_connection(self, request: bytes) -> bool:
+        """True for `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`."""
+        line, fields = _message_head(request)
+        return _ends_connection(line[-8:], fields)
+
+    def reply_ends_connection(self, reply: bytes) -> bool:
+        """True for `Connection: close`, HTTP/1.0 without keep-alive, or a close-delimited
+        body (a final status other than 204 and 304 without Content-Length or chunked).
+
+        The reply alone cannot show whether it answers HEAD, so a HEAD response without
+        Content-Length is taken as close-delimited too: retiring a connection that could
+        have stayed is safe, reusing one the target is about to close is not.
+        """
+        line, fields = _message_head(reply)
+        if _ends_connection(line[:8], fields):
+            return True
+        status = int(line[9:12])
+        if status < 200 or status == 204 or status == 304:
+            return False
+        return b"content-length" not in fields and b"transfer-encoding" not in fields
+
+    def request_id(self, request: bytes) -> int:
+        raise NotImplementedError("http has no request ids")
+
+    def with_request_id(self, message: bytes, request_id: int) -> bytes:
+        raise NotImplementedError("http has no request ids")
+
+    def restore_reply(self, request: bytes, reply: bytes) -> bytes:
+        return reply
