@@ -369,7 +369,7 @@ class HttpResponseFramer(_HttpFramer):
             if status == 101:
                 raise MalformedMessage(_PROTOCOL, "101 Switching Protocols: Upgrade not supported")
             return _NO_BODY, 0
-        if self._head_requests.popleft() or status == 204:
+        if self._head_requests.popleft() or status == 204 or status == 304:
             return _NO_BODY, 0
         if framing == _UNDELIMITED:
             return _CLOSE, 0
@@ -521,12 +521,17 @@ def _too_large(what: str, size: int, limit: int) -> MessageTooLarge:
     return MessageTooLarge(_PROTOCOL, f"{what} of {size}+ bytes exceeds the limit of {limit}")
 
 
-def _message_head(message: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
-    """The start line and framing fields of a complete message (from a framer)."""
+def _header_block(message: bytes) -> bytes:
+    """The header block of a complete message (as a framer hands it back)."""
     end = _blank_line_end(message, 0)
     if end < 0:
         raise ValueError("not a complete HTTP message: no blank line after the header block")
-    lines = _head_lines(message[:end])
+    return message[:end]
+
+
+def _message_head(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    """The start line and framing fields of a header block."""
+    lines = _head_lines(block)
     return lines[0], _framing_fields(lines[1:])
 
 
@@ -599,7 +604,12 @@ class HttpCodec:
 
     def request_ends_connection(self, request: bytes) -> bool:
         """True for `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`."""
-        line, fields = _message_head(request)
+        block = _header_block(request)
+        if b"connection" not in block.lower():
+            # Most requests have no Connection field: one substring test spares parsing
+            # every field line again on the per-request path; the version decides.
+            return block.split(b"\n", 1)[0].rstrip(b"\r").endswith(b" HTTP/1.0")
+        line, fields = _message_head(block)
         return _ends_connection(line[-8:], fields)
 
     def reply_ends_connection(self, reply: bytes) -> bool:
@@ -610,7 +620,7 @@ class HttpCodec:
         Content-Length is taken as close-delimited too: retiring a connection that could
         have stayed is safe, reusing one the target is about to close is not.
         """
-        line, fields = _message_head(reply)
+        line, fields = _message_head(_header_block(reply))
         if _ends_connection(line[:8], fields):
             return True
         status = int(line[9:12])

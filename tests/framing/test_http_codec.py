@@ -1,0 +1,155 @@
+"""HttpCodec: gateway replies and which messages end a connection."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+
+from tcp_multiplexer.framing.base import Correlation, FailureReason, ProtocolName
+from tcp_multiplexer.framing.http1 import HttpCodec
+from tests.framing.builders import CHUNKED, chunked, http_request, http_response, ok, post
+
+CODEC = HttpCodec()
+
+
+def test_identity() -> None:
+    assert CODEC.name is ProtocolName.HTTP
+    assert CODEC.correlation is Correlation.FIFO
+
+
+def test_framers_frame_http() -> None:
+    request = post(b"payload")
+    assert CODEC.request_framer().feed(request + request) == [request, request]
+    responses = CODEC.response_framer()
+    responses.expect_response(http_request(b"HEAD"))
+    responses.expect_response(request)
+    head_reply = http_response(200, (b"Content-Length: 7",))
+    assert responses.feed(head_reply + ok(b"created")) == [head_reply, ok(b"created")]
+
+
+def read_with_h11(reply: bytes, method: bytes) -> tuple[h11.Response, bytes]:
+    """`reply` as an h11 client reads it after sending a `method` request."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("Host", "example.test")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(reply)
+    response = client.next_event()
+    assert isinstance(response, h11.Response)
+    body = b""
+    while not isinstance(event := client.next_event(), h11.EndOfMessage):
+        assert isinstance(event, h11.Data)
+        body += event.data
+    assert client.their_state is h11.MUST_CLOSE
+    assert client.trailing_data == (b"", False)
+    return response, body
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "phrase"),
+    [
+        pytest.param(FailureReason.UNAVAILABLE, 502, b"Bad Gateway", id="unavailable"),
+        pytest.param(FailureReason.BUSY, 503, b"Service Unavailable", id="busy"),
+        pytest.param(FailureReason.TIMEOUT, 504, b"Gateway Timeout", id="timeout"),
+        pytest.param(FailureReason.BROKEN, 502, b"Bad Gateway", id="broken"),
+    ],
+)
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"HEAD"])
+def test_error_reply_is_a_complete_closing_response(
+    reason: FailureReason, status: int, phrase: bytes, method: bytes
+) -> None:
+    request = http_request(method)
+    reply = CODEC.error_reply(request, reason)
+    assert reply is not None
+    response, body = read_with_h11(reply, method)
+    assert response.status_code == status
+    assert response.reason == phrase
+    fields = dict(response.headers)
+    assert fields[b"connection"] == b"close"
+    assert fields[b"content-type"] == b"text/plain"
+    if method == b"HEAD":
+        assert body == b""
+        assert reply.endswith(b"\r\n\r\n")
+    else:
+        assert body == phrase + b": " + reason.value.encode() + b"\n"
+        assert fields[b"content-length"] == b"%d" % len(body)
+    assert CODEC.reply_ends_connection(reply)
+    framer = CODEC.response_framer()
+    framer.expect_response(request)
+    assert framer.feed(reply) == [reply]
+
+
+@pytest.mark.parametrize(
+    ("request_", "ends"),
+    [
+        pytest.param(http_request(), False, id="http/1.1 persists"),
+        pytest.param(http_request(fields=(b"Connection: close",)), True, id="close"),
+        pytest.param(http_request(fields=(b"connection:  CLOSE ",)), True, id="close, any case"),
+        pytest.param(http_request(fields=(b"Connection: te, close",)), True, id="token list"),
+        pytest.param(
+            http_request(fields=(b"Connection: keep-alive", b"Connection: Close")),
+            True,
+            id="close in a second field",
+        ),
+        pytest.param(http_request(fields=(b"Connection: closed",)), False, id="tokens are exact"),
+        pytest.param(http_request(fields=(b"X-Connection: close",)), False, id="other field"),
+        pytest.param(http_request(version=b"HTTP/1.0", fields=()), True, id="http/1.0 closes"),
+        pytest.param(
+            http_request(version=b"HTTP/1.0", fields=(b"Connection: Keep-Alive",)),
+            False,
+            id="http/1.0 keep-alive",
+        ),
+        pytest.param(
+            http_request(version=b"HTTP/1.0", fields=(b"Connection: keep-alive, close",)),
+            True,
+            id="http/1.0 keep-alive and close",
+        ),
+        pytest.param(post(b"Connection: close\r\n\r\n"), False, id="body is not header"),
+    ],
+)
+def test_request_ends_connection(request_: bytes, ends: bool) -> None:
+    assert CODEC.request_ends_connection(request_) is ends
+
+
+@pytest.mark.parametrize(
+    ("reply", "ends"),
+    [
+        pytest.param(ok(b"x"), False, id="content-length"),
+        pytest.param(http_response(200, (CHUNKED,), chunked(b"x")), False, id="chunked"),
+        pytest.param(
+            http_response(200, (b"Content-Length: 0", b"Connection: close")), True, id="c"
+        ),
+        pytest.param(
+            http_response(200, (b"Content-Length: 0",), version=b"HTTP/1.0"), True, id="http/1.0"
+        ),
+        pytest.param(
+            http_response(
+                200, (b"Content-Length: 0", b"Connection: keep-alive"), version=b"HTTP/1.0"
+            ),
+            False,
+            id="http/1.0 keep-alive",
+        ),
+        pytest.param(http_response(200, (), b"to eof"), True, id="close-delimited"),
+        pytest.param(http_response(404, (), b"to eof"), True, id="close-delimited 404"),
+        pytest.param(http_response(204), False, id="204 has no body"),
+        pytest.param(http_response(304), False, id="304 has no body"),
+        pytest.param(http_response(100, reason=b"Continue"), False, id="interim"),
+        # A HEAD reply without Content-Length looks close-delimited: retired to be safe.
+        pytest.param(http_response(200), True, id="head reply without length"),
+    ],
+)
+def test_reply_ends_connection(reply: bytes, ends: bool) -> None:
+    assert CODEC.reply_ends_connection(reply) is ends
+
+
+def test_connection_checks_need_a_complete_header_block() -> None:
+    with pytest.raises(ValueError, match="no blank line"):
+        CODEC.request_ends_connection(b"GET / HTTP/1.1\r\n")
+
+
+def test_no_request_ids_and_replies_pass_unchanged() -> None:
+    request = http_request()
+    with pytest.raises(NotImplementedError, match="no request ids"):
+        CODEC.request_id(request)
+    with pytest.raises(NotImplementedError, match="no request ids"):
+        CODEC.with_request_id(request, 1)
+    assert CODEC.restore_reply(request, ok(b"x")) == ok(b"x")
