@@ -27,7 +27,8 @@ from tcp_multiplexer.upstream import UpstreamConnection
 logger = logging.getLogger(__name__)
 
 HEALTHY_CONNECTION_S: Final = 10.0
-"""A connection that lived this long resets the backoff: the target was fine."""
+"""A connection that lived this long (or answered at all) resets the backoff: the
+target was fine, so the next connect is immediate."""
 KEEPALIVE_PROBES: Final = 3
 """Unanswered keepalive probes before the kernel declares a connection dead."""
 
@@ -184,7 +185,8 @@ class UpstreamPool:
                 backoff.reset()
                 continue
             self._metrics.reconnects += 1
-            if self._loop.time() - connected_at >= HEALTHY_CONNECTION_S:
+            if connection.answers or self._loop.time() - connected_at >= HEALTHY_CONNECTION_S:
+                # The target was alive (HTTP/1.0 targets close after every answer).
                 backoff.reset()
                 logger.info("%s closed; reconnecting", name)
             else:

@@ -70,6 +70,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_send = 0.0
         self._last_activity = self._loop.time()
         self.closed_for_idle = False
+        self.answers = 0
+        """Answers received: a connection that answered had a live target behind it."""
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
@@ -185,30 +187,38 @@ class UpstreamConnection(asyncio.Protocol):
     def _handle_replies(self, messages: list[bytes]) -> None:
         if not messages:
             return
-        dispatcher = self._dispatcher
         self._spinner.touch()
-        freed = False
+        codec = self._codec
+        answered: list[tuple[Request, bytes]] = []
         for message in messages:
             if self._debug:
                 logger.debug("%s -> %s", self.name, hex_dump(message))
             request = self._match(message)
             if request is None:
+                if self._transport is None or self._transport.is_closing():
+                    break
                 continue
             self._inflight -= 1
-            freed = True
-            dispatcher.finish(request, message)
-            if self._codec.reply_ends_connection(message):
+            answered.append((request, message))
+            if codec.reply_ends_connection(message):
                 self._draining = True
+        if not answered:
+            return
+        self.answers += len(answered)
         self._last_activity = self._loop.time()
+        dispatcher = self._dispatcher
+        # The next request goes out before these answers are delivered: the target
+        # works on it while the answers are written to their clients.
         if self._draining:
             if not self._inflight and self._transport is not None:
                 self._transport.close()
-            return
-        if freed and self._ready:
+        elif self._ready:
             if not self._inflight and self._max_idle and self._timer is None:
                 self._schedule_timer()
             if self.can_send:
                 dispatcher.connection_available(self)
+        for request, message in answered:
+            dispatcher.finish(request, message)
 
     def _match(self, message: bytes) -> Request | None:
         if self._by_id:
