@@ -92,6 +92,7 @@ class CliProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
+        self._stopped = False
         self._new_line = threading.Condition()
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
@@ -131,7 +132,13 @@ class CliProcess:
         return int(self.wait_for_line(r"listening on [^ ]*:(\d+)").group(1))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        """Send `sig`, wait for exit, return the exit status (killing it if it hangs)."""
+        """Send `sig`, wait for exit, return the exit status (killing it if it hangs).
+
+        Safe to call again: later calls return the same status.
+        """
+        if self._stopped:
+            return self.process.returncode
+        self._stopped = True
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:

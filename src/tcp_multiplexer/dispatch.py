@@ -145,6 +145,10 @@ class Dispatcher:
             if request is None:
                 break
             connection.send(request)
+        self._resume_paused()
+
+    def _resume_paused(self) -> None:
+        """Read again from clients paused by a full queue, once it has room."""
         if self._paused and self._waiting < self._queue_size:
             paused = self._paused
             self._paused = set()
@@ -173,6 +177,7 @@ class Dispatcher:
                 self._drop(request)
             else:
                 self.fail(request, FailureReason.BUSY)
+        self._resume_paused()
         if expired:
             logger.warning(
                 "%d request(s) waited longer than %.3gs for a free target connection",
@@ -187,6 +192,7 @@ class Dispatcher:
             if request is None:
                 break
             self.fail(request, FailureReason.UNAVAILABLE)
+        self._resume_paused()
 
     def session_closed(self, session: ClientSession) -> None:
         """A client left: its waiting requests are dropped, never sent.
