@@ -62,6 +62,8 @@ class Dispatcher:
         self.unanswered = 0
         """Requests submitted and not yet answered (or dropped with their client)."""
         self._drained: asyncio.Future[None] | None = None
+        self._batch: list[UpstreamConnection] | None = None
+        """Connections corked while a client's several requests are submitted."""
 
     def attach_pool(self, pool: UpstreamPool) -> None:
         self._pool = pool
@@ -102,6 +104,9 @@ class Dispatcher:
         if not self._waiting:
             connection = pool.available_connection()
             if connection is not None:
+                if self._batch is not None and connection not in self._batch:
+                    connection.cork()
+                    self._batch.append(connection)
                 connection.send(request)
                 return
         if pool.unreachable:
@@ -109,6 +114,18 @@ class Dispatcher:
             return
         self._enqueue(request)
         pool.demand()
+
+    def begin_batch(self) -> None:
+        """Several requests follow: hold their writes per connection until end_batch()."""
+        self._batch = []
+
+    def end_batch(self) -> None:
+        """Write what begin_batch() held, one write per target connection."""
+        batch = self._batch
+        self._batch = None
+        if batch:
+            for connection in batch:
+                connection.uncork()
 
     def _enqueue(self, request: Request) -> None:
         session = request.session
@@ -140,11 +157,16 @@ class Dispatcher:
 
     def connection_available(self, connection: UpstreamConnection) -> None:
         """`connection` can take another request: give it waiting ones while it can."""
-        while self._waiting and connection.can_send:
-            request = self._next_waiting()
-            if request is None:
-                break
-            connection.send(request)
+        if self._waiting:
+            connection.cork()
+            try:
+                while self._waiting and connection.can_send:
+                    request = self._next_waiting()
+                    if request is None:
+                        break
+                    connection.send(request)
+            finally:
+                connection.uncork()
         self._resume_paused()
 
     def _resume_paused(self) -> None:

@@ -79,16 +79,27 @@ class ClientSession(asyncio.Protocol):
         dispatcher = self._dispatcher
         now = self._loop.time()
         self._spinner.touch()
-        for payload in messages:
-            if self.closing:
-                return
-            if self._debug:
-                logger.debug("%s -> %s", self.name, hex_dump(payload))
-            request = Request(self, payload, now)
-            self._outstanding.append(request)
-            dispatcher.submit(request)
+        if len(messages) == 1:
+            self._submit(messages[0], now)
+        elif messages:
+            # Pipelined requests: those sent at once leave in one write per target link.
+            dispatcher.begin_batch()
+            try:
+                for payload in messages:
+                    if self.closing:
+                        return
+                    self._submit(payload, now)
+            finally:
+                dispatcher.end_batch()
         if len(self._outstanding) >= self._backlog:
             self._pause(PauseReason.BACKLOG)
+
+    def _submit(self, payload: bytes, now: float) -> None:
+        if self._debug:
+            logger.debug("%s -> %s", self.name, hex_dump(payload))
+        request = Request(self, payload, now)
+        self._outstanding.append(request)
+        self._dispatcher.submit(request)
 
     def eof_received(self) -> bool:
         self._eof = True

@@ -68,6 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
         self._last_send = 0.0
+        self._corked: list[bytes] | None = None
+        """Writes held back while corked, sent as one write by uncork()."""
         self._last_activity = self._loop.time()
         self.closed_for_idle = False
         self.answers = 0
@@ -126,11 +128,26 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = now
         if self._debug:
             logger.debug("%s <- %s", self.name, hex_dump(wire))
-        transport.write(wire)
+        if self._corked is None:
+            transport.write(wire)
+        else:
+            self._corked.append(wire)
         if self._codec.request_ends_connection(payload):
             self._draining = True
         if self._timer is None:
             self._timer = self._loop.call_at(request.deadline, self._on_timer)
+
+    def cork(self) -> None:
+        """Hold writes until uncork(): several requests then leave in one write."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write everything held since cork()."""
+        chunks = self._corked
+        self._corked = None
+        if chunks and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def _allocate_id(self) -> int:
         ids = self._ids
