@@ -85,9 +85,10 @@ class Dispatcher:
             if local is not None:
                 self._deliver(request, local)
                 return
-            if self._coalesce:
-                key = policy.coalesce_key(request.payload)
-                if key is not None:
+            key = policy.coalesce_key(request.payload)
+            if key is not None:
+                request.coalesce_key = key
+                if self._coalesce:
                     leader = self._leaders.get(key)
                     if leader is not None:
                         if leader.followers is None:
@@ -97,7 +98,6 @@ class Dispatcher:
                         self._metrics.events["coalesced"] += 1
                         return
                     self._leaders[key] = request
-                    request.coalesce_key = key
         pool = self._pool
         if pool is None:
             raise RuntimeError("attach_pool() before submit()")
@@ -240,10 +240,11 @@ class Dispatcher:
     def finish(self, request: Request, reply: bytes) -> None:
         """The target answered `request` (ids as on the wire): deliver to it and followers."""
         codec = self._codec
-        if request.coalesce_key is not None:
+        key = request.coalesce_key
+        if key is not None:
             self._release_leader(request)
         if self._policy is not None:
-            self._policy.observe(request.payload, reply)
+            self._policy.observe(request.payload, reply, key)
         self._deliver(request, codec.restore_reply(request.payload, reply))
         followers = request.followers
         if followers:
@@ -255,13 +256,13 @@ class Dispatcher:
         if request.coalesce_key is not None:
             self._release_leader(request)
         codec = self._codec
-        self._metrics.count_failure(reason)
-        self._deliver(request, codec.error_reply(request.payload, reason))
-        followers = request.followers
-        if followers:
-            for follower in followers:
-                self._metrics.count_failure(reason)
-                self._deliver(follower, codec.error_reply(follower.payload, reason))
+        policy = self._policy
+        for failed in (request, *(request.followers or ())):
+            self._metrics.count_failure(reason)
+            reply = codec.error_reply(failed.payload, reason)
+            if policy is not None:
+                policy.observe_gateway_reply(failed.payload, reply)
+            self._deliver(failed, reply)
 
     def _release_leader(self, request: Request) -> None:
         if self._leaders.get(request.coalesce_key) is request:

@@ -67,7 +67,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._draining = False
         self._timer: asyncio.TimerHandle | None = None
         self._gap_timer: asyncio.TimerHandle | None = None
-        self._last_send = 0.0
         self._corked: list[bytes] | None = None
         """Writes held back while corked, sent as one write by uncork()."""
         self._last_activity = self._loop.time()
@@ -93,7 +92,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._gap:
             if self._gap_timer is not None:
                 return False
-            wait = self._last_send + self._gap - self._loop.time()
+            # The pause runs from the last request or answer, whichever came later:
+            # the device gets `gap` of quiet after answering before the next request.
+            wait = self._last_activity + self._gap - self._loop.time()
             if wait > 0:
                 self._gap_timer = self._loop.call_later(wait, self._gap_elapsed)
                 return False
@@ -124,7 +125,6 @@ class UpstreamConnection(asyncio.Protocol):
         request.state = RequestState.SENT
         now = self._loop.time()
         request.deadline = now + self._timeout
-        self._last_send = now
         self._last_activity = now
         if self._debug:
             logger.debug("%s <- %s", self.name, hex_dump(wire))
@@ -230,7 +230,8 @@ class UpstreamConnection(asyncio.Protocol):
             if not self._inflight and self._transport is not None:
                 self._transport.close()
         elif self._ready:
-            if not self._inflight and self._max_idle and self._timer is None:
+            if not self._inflight and self._max_idle:
+                # Re-arm for the idle limit even if an answer deadline timer is set.
                 self._schedule_timer()
             if self.can_send:
                 dispatcher.connection_available(self)

@@ -6,7 +6,7 @@ the device sees it.
 - Coalescing: reads (1, 2, 3, 4) with the same unit, function, address and count
   share one device round trip while one is waiting or in flight.
 - Cache (`cache_ttl` > 0): read answers are kept for the TTL; a write drops what
-  it overlaps, both when it is sent and when it is answered.
+  it overlaps when it is queued and again when it is answered or fails.
 
 Writes are never coalesced, cached or retried. Device exception answers pass through
 unchanged and are never cached.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Hashable
 from typing import Final
 
 from tcp_multiplexer.config import ModbusOptions
@@ -89,7 +90,13 @@ def written_range(request: bytes) -> tuple[frozenset[int], int, int] | None:
 
 
 class ModbusGatewayPolicy:
-    """Read-only refusal, read coalescing keys and the read cache for Modbus."""
+    """Read-only refusal, read coalescing keys and the read cache for Modbus.
+
+    Each unit has a write generation, bumped when a write is submitted and again when
+    it is answered or fails. A read's coalescing key includes the generation it was
+    submitted in, so a read never shares an answer with one sent before a write it
+    follows; and its answer is cached only if no write to the unit came in between.
+    """
 
     def __init__(self, options: ModbusOptions, metrics: Metrics, codec: Codec) -> None:
         self._read_only = options.read_only
@@ -97,6 +104,7 @@ class ModbusGatewayPolicy:
         self._events = metrics.events
         self._codec = codec
         self._loop = asyncio.get_running_loop()
+        self._generation: dict[int, int] = {}
 
     def local_reply(self, request: bytes) -> bytes | None:
         function = request[7]
@@ -105,7 +113,7 @@ class ModbusGatewayPolicy:
                 self._events["writes_refused"] += 1
                 self._events["exceptions_sent_0x01"] += 1
                 return exception_response(request, ExceptionCode.ILLEGAL_FUNCTION)
-            self._invalidate(request)
+            self._written(request)
             return None
         cache = self._cache
         if cache is not None:
@@ -118,27 +126,40 @@ class ModbusGatewayPolicy:
                 self._events["cache_misses"] += 1
         return None
 
-    def coalesce_key(self, request: bytes) -> ReadKey | None:
-        return read_key(request)
+    def coalesce_key(self, request: bytes) -> tuple[ReadKey, int] | None:
+        key = read_key(request)
+        if key is None:
+            return None
+        return key, self._generation.get(key.unit, 0)
 
-    def observe(self, request: bytes, reply: bytes) -> None:
+    def observe(self, request: bytes, reply: bytes, key: Hashable | None) -> None:
+        if request[7] in WRITE_FUNCTIONS:
+            self._written(request)
         if reply[7] & EXCEPTION_FLAG:
             self._events["device_exceptions"] += 1
             return
         cache = self._cache
-        if cache is None:
+        if cache is None or not isinstance(key, tuple):
             return
-        key = read_key(request)
-        if key is not None:
-            cache.put(key, reply, self._loop.time())
-        elif request[7] in WRITE_FUNCTIONS:
-            self._invalidate(request)
+        read, generation = key
+        if generation == self._generation.get(read.unit, 0):
+            cache.put(read, reply, self._loop.time())
 
-    def _invalidate(self, request: bytes) -> None:
+    def observe_gateway_reply(self, request: bytes, reply: bytes | None) -> None:
+        if reply is not None and reply[7] & EXCEPTION_FLAG:
+            self._events[f"exceptions_sent_0x{reply[8]:02x}"] += 1
+        if request[7] in WRITE_FUNCTIONS:
+            # The write may have reached the device even though its answer did not.
+            self._written(request)
+
+    def _written(self, request: bytes) -> None:
+        """A write to `request`'s unit was submitted, answered or failed."""
+        unit = request[6]
+        self._generation[unit] = self._generation.get(unit, 0) + 1
         cache = self._cache
         if cache is None:
             return
         written = written_range(request)
         if written is not None:
             functions, address, count = written
-            cache.invalidate(request[6], functions, address, count)
+            cache.invalidate(unit, functions, address, count)
