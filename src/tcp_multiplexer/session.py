@@ -49,6 +49,8 @@ class ClientSession(asyncio.Protocol):
         """Requests of this client in the dispatcher's wait queue (owned by it)."""
         self._paused = PauseReason(0)
         self._eof = False
+        self._pending_interim: bytes | None = None
+        """An interim reply waiting for the answers to earlier requests."""
         self._closing = False
         self.closed = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
@@ -91,8 +93,18 @@ class ClientSession(asyncio.Protocol):
                     self._submit(payload, now)
             finally:
                 dispatcher.end_batch()
+        interim = self._framer.take_interim_reply()
+        if interim is not None:
+            self._send_interim(interim)
         if len(self._outstanding) >= self._backlog:
             self._pause(PauseReason.BACKLOG)
+
+    def _send_interim(self, interim: bytes) -> None:
+        """Write an interim reply (HTTP 100 Continue) once earlier answers are out."""
+        if self._outstanding:
+            self._pending_interim = interim
+        elif self._transport is not None and not self._closing:
+            self._transport.write(interim)
 
     def _submit(self, payload: bytes, now: float) -> None:
         if self._debug:
@@ -156,6 +168,9 @@ class ClientSession(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if not outstanding and self._pending_interim is not None:
+            chunks.append(self._pending_interim)
+            self._pending_interim = None
         if chunks:
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_after or (self._eof and not outstanding):

@@ -15,7 +15,7 @@ from tcp_multiplexer.framing import (
     protocol_names,
 )
 from tcp_multiplexer.framing.codecs import SymmetricCodec, echo_codec, iso8583_codec, mpu_codec
-from tests.framing.builders import iso, line, mpu
+from tests.framing.builders import iso, line, mbap, mpu, ok, post
 
 SYMMETRIC = [
     pytest.param(echo_codec, ProtocolName.ECHO, line(b"ping"), id="echo"),
@@ -64,6 +64,35 @@ def test_symmetric_codec_has_no_request_ids(
         codec.request_id(message)
     with pytest.raises(NotImplementedError, match="no request ids"):
         codec.with_request_id(message, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "request_", "reply"),
+    [
+        pytest.param(ProtocolName.ECHO, line(b"ping"), line(b"pong"), id="echo"),
+        pytest.param(ProtocolName.ISO8583, iso(b"\x08\x00ping"), iso(b"\x08\x10pong"), id="iso"),
+        pytest.param(ProtocolName.MPU, mpu(b"ping"), mpu(b"pong"), id="mpu"),
+        pytest.param(
+            ProtocolName.MODBUS,
+            mbap(1, 1, b"\x03\x00\x00\x00\x01"),
+            mbap(1, 1, b"\x03\x02\x00\x07"),
+            id="modbus",
+        ),
+        pytest.param(ProtocolName.HTTP, post(b"ping"), ok(b"pong"), id="http"),
+    ],
+)
+def test_framers_offer_no_interim_reply_for_ordinary_messages(
+    name: ProtocolName, request_: bytes, reply: bytes
+) -> None:
+    codec = make_codec(name)
+    responses = codec.response_framer()
+    responses.expect_response(request_)
+    for framer, message in ((codec.request_framer(), request_), (responses, reply)):
+        assert framer.take_interim_reply() is None
+        assert framer.feed(message[:-1]) == []
+        assert framer.take_interim_reply() is None
+        assert framer.feed(message[-1:]) == [message]
+        assert framer.take_interim_reply() is None
 
 
 def test_protocol_names_are_sorted_and_complete() -> None:

@@ -13,6 +13,7 @@ from tcp_multiplexer.errors import (
     MessageTooLarge,
 )
 from tcp_multiplexer.framing.http1 import (
+    HTTP_CONTINUE,
     HTTP_MAX_BODY_SIZE,
     HTTP_MAX_HEADER_SIZE,
     HttpRequestFramer,
@@ -30,7 +31,13 @@ from tests.framing.builders import (
     ok,
     post,
 )
-from tests.framing.splitting import MakeFramer, assert_frames, assert_poisoned, assert_rejected
+from tests.framing.splitting import (
+    MakeFramer,
+    assert_frames,
+    assert_poisoned,
+    assert_rejected,
+    cuttings,
+)
 
 SMALL_HEADER = 64
 SMALL_BODY = 32
@@ -39,13 +46,19 @@ short_header_requests = partial(HttpRequestFramer, max_header_size=SMALL_HEADER)
 
 CHUNKED_POST = http_request(b"POST", b"/", (CHUNKED,))
 """The header block of a chunked request; the body follows."""
+CONTINUE = http_response(100, reason=b"Continue")
+"""The commonest interim response (25 bytes)."""
 
 
-def responses_to(*methods: bytes, max_body_size: int = HTTP_MAX_BODY_SIZE) -> MakeFramer:
+def responses_to(
+    *methods: bytes,
+    max_body_size: int = HTTP_MAX_BODY_SIZE,
+    max_header_size: int = HTTP_MAX_HEADER_SIZE,
+) -> MakeFramer:
     """A factory of response framers told that requests with `methods` were sent."""
 
     def make() -> HttpResponseFramer:
-        framer = HttpResponseFramer(max_body_size=max_body_size)
+        framer = HttpResponseFramer(max_body_size=max_body_size, max_header_size=max_header_size)
         for method in methods:
             framer.expect_response(http_request(method))
         return framer
@@ -169,24 +182,39 @@ RESPONSES = [
         [b"HEAD"],
         id="head, length over the body limit",
     ),
-    pytest.param(
-        [http_response(100, reason=b"Continue"), ok(b"created")],
-        [b"POST"],
-        id="100 continue, then the final response",
-    ),
+    # Interim (1xx) responses are joined to the final response: one message per request.
+    pytest.param([CONTINUE + ok(b"created")], [b"POST"], id="100 continue joined to the final"),
     pytest.param(
         [
-            http_response(103, (b"Link: </style.css>; rel=preload",), reason=b"Early Hints"),
-            http_response(102, reason=b"Processing"),
-            ok(b""),
+            http_response(103, (b"Link: </style.css>; rel=preload",), reason=b"Early Hints")
+            + http_response(102, reason=b"Processing")
+            + ok(b"")
         ],
         [b"GET"],
-        id="several interim responses",
+        id="several interim responses joined",
     ),
     pytest.param(
-        [http_response(100, (b"Content-Length: 9",)), http_response(200, (b"Content-Length: 3",))],
+        [http_response(100, (b"Content-Length: 9",)) + http_response(200, (b"Content-Length: 3",))],
         [b"HEAD"],
         id="interim, then final to head",
+    ),
+    pytest.param(
+        [http_response(100, (CHUNKED,)) + http_response(200, (CHUNKED,), chunked(b"ab"))],
+        [b"POST"],
+        id="interim with framing fields, then chunked",
+    ),
+    pytest.param(
+        [http_response(102, reason=b"Processing") + http_response(204)],
+        [b"DELETE"],
+        id="interim, then 204",
+    ),
+    pytest.param(
+        [http_response(100, eol=b"\n") + ok(b"x")], [b"POST"], id="interim with bare LF lines"
+    ),
+    pytest.param(
+        [ok(b"1"), CONTINUE + ok(b"2"), http_response(103) + CONTINUE + http_response(304)],
+        [b"GET", b"POST", b"GET"],
+        id="pipelined, with interim responses",
     ),
     pytest.param(
         [
@@ -215,10 +243,10 @@ CLOSE_DELIMITED = [
     pytest.param([], http_response(200, (), b"old", version=b"HTTP/1.0"), [b"GET"], id="http/1.0"),
     pytest.param([ok(b"1")], http_response(500, (), b"bye"), [b"GET", b"GET"], id="after one"),
     pytest.param(
-        [http_response(100, reason=b"Continue")],
-        http_response(200, (), b"x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"),
+        [],
+        CONTINUE + http_response(200, (), b"x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"),
         [b"POST"],
-        id="after an interim response",
+        id="joined to an interim response",
     ),
 ]
 
@@ -554,9 +582,33 @@ def test_zero_body_limit_allows_bodiless_messages_only() -> None:
         ),
         pytest.param(
             responses_to(b"GET"),
+            ok(b"a") + CONTINUE,
+            "without an outstanding request",
+            id="interim, one more than sent",
+        ),
+        pytest.param(
+            responses_to(b"GET"),
             http_response(101, (b"Upgrade: websocket",), reason=b"Switching Protocols"),
             "101 Switching Protocols",
             id="101",
+        ),
+        pytest.param(
+            responses_to(b"GET"),
+            CONTINUE + http_response(101, reason=b"Switching Protocols"),
+            "101 Switching Protocols",
+            id="101 after an interim",
+        ),
+        pytest.param(
+            responses_to(b"GET"),
+            CONTINUE + b"\r\n" + http_head(b"HTTP/1.1 200 OK"),
+            "bad status line b''",
+            id="blank line after an interim",
+        ),
+        pytest.param(
+            responses_to(b"GET"),
+            CONTINUE + http_head(b"HTTP/1.1 20 OK"),
+            "bad status",
+            id="bad status after an interim",
         ),
         pytest.param(responses_to(b"GET"), http_head(b"HTTP/1.1 20 OK"), "bad status", id="2 d"),
         pytest.param(responses_to(b"GET"), http_head(b"HTTP/1.1 2000 OK"), "bad status", id="4d"),
@@ -573,13 +625,37 @@ def test_response_is_rejected(make_framer: MakeFramer, wire: bytes, match: str) 
     assert_rejected(make_framer, wire, MalformedMessage, match)
 
 
-def test_interim_response_leaves_the_request_waiting() -> None:
+def test_interim_responses_are_held_until_the_final_response() -> None:
     framer = responses_to(b"HEAD", b"GET")()
-    interim = http_response(100, reason=b"Continue")
     head_reply = http_response(200, (b"Content-Length: 10",))
-    assert framer.feed(interim) == [interim]
-    assert framer.feed(interim + head_reply) == [interim, head_reply]
+    assert framer.feed(CONTINUE) == []
+    assert framer.buffered == len(CONTINUE)
+    assert framer.take_interim_reply() is None
+    # The interim responses do not answer HEAD: the final response after them does.
+    assert framer.feed(CONTINUE + head_reply) == [CONTINUE + CONTINUE + head_reply]
+    assert framer.buffered == 0
     assert framer.feed(ok(b"0123456789")) == [ok(b"0123456789")]
+
+
+def final_of_head_size(size: int, interim: bytes = CONTINUE) -> bytes:
+    """`interim`, then a bodiless 200 whose header block brings the total to `size`."""
+    bare = http_response(200, (b"Content-Length: 0",), reason=b"")
+    return interim + http_response(
+        200, (b"Content-Length: 0",), reason=b"r" * (size - len(interim) - len(bare))
+    )
+
+
+def test_interim_and_final_header_blocks_share_the_header_limit() -> None:
+    small = responses_to(b"POST", b"GET", max_header_size=SMALL_HEADER)
+    assert_frames(small, [final_of_head_size(SMALL_HEADER)], then=ok(b"next"))
+    over = final_of_head_size(SMALL_HEADER + 1)
+    assert_rejected(small, over, MessageTooLarge, "header block, 1xx responses included, of 65")
+
+
+def test_endless_interim_responses_are_rejected_at_the_header_limit() -> None:
+    small = responses_to(b"GET", max_header_size=SMALL_HEADER)
+    wire = (CONTINUE * 3)[: SMALL_HEADER + 1]
+    assert_rejected(small, wire, MessageTooLarge, "1xx responses included, of 65\\+ bytes")
 
 
 def test_expect_response_may_come_after_earlier_responses() -> None:
@@ -603,6 +679,10 @@ def test_expect_response_may_come_after_earlier_responses() -> None:
         pytest.param(HttpRequestFramer, chunked_post(b"0\r\n"), id="request, in the trailers"),
         pytest.param(responses_to(b"GET"), ok(b"body")[:-1], id="response, in the body"),
         pytest.param(responses_to(b"GET"), b"HTTP/1.1 200 OK\r\n", id="response, in the header"),
+        pytest.param(responses_to(b"GET"), CONTINUE, id="response, after an interim one"),
+        pytest.param(
+            responses_to(b"GET"), CONTINUE + ok(b"body")[:-1], id="response, interim then body"
+        ),
     ],
 )
 def test_eof_inside_a_message_is_incomplete(
@@ -634,3 +714,124 @@ def test_error_after_good_messages_in_one_read_poisons() -> None:
     assert_poisoned(framer, MalformedMessage, "bad request line")
     with pytest.raises(FramingError):
         framer.feed(http_request())
+
+
+# ------------------------------------------------------------------------ 100-continue
+
+HOST = b"Host: example.test"
+EXPECT = b"Expect: 100-continue"
+PAYLOAD = b"payload"
+
+
+def upload(
+    fields: tuple[bytes, ...], body: bytes = PAYLOAD, *, version: bytes = b"HTTP/1.1"
+) -> tuple[bytes, bytes]:
+    """(header block, body) of a POST with `fields` after Host."""
+    return http_request(b"POST", b"/upload", (HOST, *fields), version=version), body
+
+
+EXPECTATIONS = [
+    pytest.param(*upload((EXPECT, content_length(PAYLOAD))), True, id="content-length"),
+    pytest.param(*upload((CHUNKED, EXPECT), chunked(PAYLOAD)), True, id="chunked"),
+    pytest.param(*upload((EXPECT, CHUNKED), chunked()), True, id="chunked, last chunk only"),
+    pytest.param(
+        *upload((b"expect:  100-CONTINUE ", content_length(PAYLOAD))), True, id="any case"
+    ),
+    pytest.param(
+        *upload((b"Expect: foo=bar, 100-continue", content_length(PAYLOAD))), True, id="in a list"
+    ),
+    pytest.param(
+        *upload((b"Expect: foo", b"Expect:100-continue", content_length(PAYLOAD))),
+        True,
+        id="in a second field",
+    ),
+    pytest.param(
+        *upload((EXPECT, content_length(PAYLOAD)), version=b"HTTP/1.9"),
+        True,
+        id="later minor version",
+    ),
+    pytest.param(
+        *upload((EXPECT, content_length(PAYLOAD)), version=b"HTTP/1.0"),
+        False,
+        id="http/1.0 ignores it",
+    ),
+    pytest.param(*upload((EXPECT,), b""), False, id="no body"),
+    pytest.param(*upload((EXPECT, b"Content-Length: 0"), b""), False, id="content-length 0"),
+    pytest.param(*upload((content_length(PAYLOAD),)), False, id="no expectation"),
+    pytest.param(
+        *upload((b"Expect: 100-continued", content_length(PAYLOAD))), False, id="other token"
+    ),
+    pytest.param(
+        *upload((b"X-Expect: 100-continue", content_length(PAYLOAD))), False, id="other field"
+    ),
+]
+
+
+def continue_offsets(messages: list[tuple[bytes, bytes, bool]], bounds: list[int]) -> list[int]:
+    """Where 100 Continue is due in a stream of (head, body, expects it) requests fed in
+    pieces ending at `bounds`: once for each request that expects it, after the first
+    piece that completes its header block but not its body (never if none does)."""
+    offsets: list[int] = []
+    start = 0
+    for head, body, due in messages:
+        waiting = [
+            bound for bound in bounds if start + len(head) <= bound < start + len(head + body)
+        ]
+        if due and waiting:
+            offsets.append(waiting[0])
+        start += len(head + body)
+    return offsets
+
+
+@pytest.mark.parametrize(("head", "body", "due"), EXPECTATIONS)
+def test_100_continue_is_offered_once_while_the_body_is_awaited(
+    head: bytes, body: bytes, due: bool
+) -> None:
+    # The request twice (each needs its own reply) with another request between them.
+    requests = [(head, body, due), (http_request(), b"", False), (head, body, due)]
+    stream = b"".join(head + body for head, body, _due in requests)
+    for how, chunks in cuttings(stream):
+        framer = HttpRequestFramer()
+        messages: list[bytes] = []
+        offered: list[int] = []
+        bounds: list[int] = []
+        for piece in chunks:
+            messages += framer.feed(piece)
+            bounds.append(len(piece) + (bounds[-1] if bounds else 0))
+            reply = framer.take_interim_reply()
+            if reply is not None:
+                assert reply == HTTP_CONTINUE, how
+                offered.append(bounds[-1])
+            assert framer.take_interim_reply() is None, how
+        assert messages == [head + body for head, body, _due in requests], how
+        assert offered == continue_offsets(requests, bounds), how
+
+
+def test_100_continue_is_the_exact_interim_reply() -> None:
+    assert HTTP_CONTINUE == b"HTTP/1.1 100 Continue\r\n\r\n"
+    head, body = upload((EXPECT, content_length(PAYLOAD)))
+    framer = HttpRequestFramer()
+    assert framer.feed(head) == []
+    assert framer.take_interim_reply() == HTTP_CONTINUE
+    assert framer.feed(body[:3]) == []
+    assert framer.take_interim_reply() is None
+    assert framer.feed(body[3:]) == [head + body]
+    assert framer.take_interim_reply() is None
+
+
+def test_100_continue_not_taken_stays_due_until_the_body_is_in() -> None:
+    head, body = upload((EXPECT, content_length(PAYLOAD)))
+    framer = HttpRequestFramer()
+    assert framer.feed(http_request() + head) == [http_request()]
+    assert framer.feed(body[:1]) == []
+    assert framer.take_interim_reply() == HTTP_CONTINUE
+    assert framer.feed(body[1:]) == [head + body]
+
+
+def test_no_100_continue_from_a_poisoned_framer() -> None:
+    head, _body = upload((EXPECT, CHUNKED), b"")
+    framer = HttpRequestFramer()
+    assert framer.feed(head) == []
+    with pytest.raises(MalformedMessage, match="bad chunk size"):
+        framer.feed(b"xyz\r\n")
+    assert framer.take_interim_reply() is None

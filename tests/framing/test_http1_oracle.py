@@ -4,6 +4,10 @@ Hypothesis writes pipelined requests and responses with every framing this proje
 accepts (Content-Length in its several spellings, chunked with extensions and trailers,
 interim responses, bodiless statuses, HEAD, close-delimited bodies, bare-LF lines), our
 framer reads them cut anywhere, and h11 reads them whole; message boundaries must match.
+h11 reports each interim (1xx) response as an event of its own, where our framer joins
+them to the final response: one message per request, from its first interim response
+to the end of its final one. Whether a request waits for ``100 Continue`` is compared
+with h11's view too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import h11
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcp_multiplexer.framing.http1 import HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.framing.http1 import HTTP_CONTINUE, HttpRequestFramer, HttpResponseFramer
 from tests.framing.builders import http_request
 from tests.framing.splitting import feed_pieces
 
@@ -99,14 +103,28 @@ def head(draw: st.DrawFn, start_line: bytes, fields: Sequence[bytes]) -> bytes:
     return b"".join(line + draw(EOLS) for line in lines) + draw(EOLS)
 
 
+EXPECT_VALUES = st.sampled_from(
+    [b"100-continue", b"100-Continue", b"100-CONTINUE", b"foo, 100-continue", b"100-continued"]
+)
+"""Expect values: the expectation in any case, in a list, and a token that only looks like it."""
+
+
 @st.composite
-def requests(draw: st.DrawFn) -> bytes:
+def request_parts(draw: st.DrawFn, *, expect: bool = False) -> tuple[bytes, bytes]:
+    """(header block, body) of a request; with `expect`, maybe an Expect field too."""
     method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS"]))
     target = draw(st.sampled_from([b"/", b"/a/b?c=d&e=%20", b"*", b"http://example.test/x"]))
     version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
     fields, body = draw(framing(allow_none=True))
     host = draw(field_line(draw(spelled(b"Host")), b"example.test"))
-    return draw(head(b"%s %s %s" % (method, target, version), [host, *fields])) + body
+    if expect and draw(st.booleans()):
+        fields.append(draw(field_line(draw(spelled(b"Expect")), draw(EXPECT_VALUES))))
+    return draw(head(b"%s %s %s" % (method, target, version), [host, *fields])), body
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    return b"".join(draw(request_parts()))
 
 
 @dataclass(frozen=True)
@@ -154,22 +172,27 @@ def h11_request_ends(wire: bytes) -> list[int]:
     return ends
 
 
-def h11_response_ends(wire: bytes, methods: Sequence[bytes]) -> list[int]:
-    """Where h11, as a client that sent `methods`, finds each response to end."""
-    ends: list[int] = []
+def h11_response_ends(wire: bytes, methods: Sequence[bytes]) -> list[list[int]]:
+    """Where h11, as a client that sent `methods`, finds responses to end: for each
+    request, the end of every interim response, then the end of the final one."""
+    exchanges: list[list[int]] = []
+    start = 0
     for method in methods:
         client = h11.Connection(h11.CLIENT)
         client.send(h11.Request(method=method, target="/", headers=[("Host", "example.test")]))
         client.send(h11.EndOfMessage())
-        client.receive_data(wire[ends[-1] if ends else 0 :])
+        client.receive_data(wire[start:])
         client.receive_data(b"")
+        ends: list[int] = []
         while True:
             event = client.next_event()
             if isinstance(event, (h11.InformationalResponse, h11.EndOfMessage)):
                 ends.append(len(wire) - len(client.trailing_data[0]))
             if isinstance(event, h11.EndOfMessage):
                 break
-    return ends
+        exchanges.append(ends)
+        start = ends[-1]
+    return exchanges
 
 
 def message_ends(messages: Sequence[bytes]) -> list[int]:
@@ -196,7 +219,7 @@ def test_request_boundaries_agree_with_h11(data: st.DataObject) -> None:
 def test_response_boundaries_agree_with_h11(data: st.DataObject) -> None:
     count = data.draw(st.integers(1, 4), label="count")
     stream = [data.draw(exchanges(last=index == count - 1)) for index in range(count)]
-    expected = [response for exchange in stream for response in exchange.responses]
+    expected = [b"".join(exchange.responses) for exchange in stream]
     wire = b"".join(expected)
     cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=8), label="cuts")
     framer = HttpResponseFramer()
@@ -206,6 +229,32 @@ def test_response_boundaries_agree_with_h11(data: st.DataObject) -> None:
     at_eof = framer.feed_eof()
     assert fed + at_eof == expected
     assert len(at_eof) == int(stream[-1].close_delimited)
-    assert message_ends(fed + at_eof) == h11_response_ends(
-        wire, [exchange.method for exchange in stream]
-    )
+    h11_ends = h11_response_ends(wire, [exchange.method for exchange in stream])
+    # One message per request: it starts where the previous one ended (at its first
+    # interim response, if any) and ends where h11's EndOfMessage does.
+    assert message_ends(fed + at_eof) == [ends[-1] for ends in h11_ends]
+    # Inside it, h11 finds each interim response where it was written.
+    written = [response for exchange in stream for response in exchange.responses]
+    assert [end for ends in h11_ends for end in ends] == message_ends(written)
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_100_continue_is_offered_when_h11_would_wait_for_it(data: st.DataObject) -> None:
+    block, body = data.draw(request_parts(expect=True), label="request")
+    # The first read ends anywhere from the end of the header block to the end of the body.
+    held = data.draw(st.integers(0, len(body)), label="body bytes in the first read")
+    framer = HttpRequestFramer()
+    messages = framer.feed(block + body[:held])
+    reply = framer.take_interim_reply()
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(block)
+    assert isinstance(server.next_event(), h11.Request)
+    # h11 waits for 100-continue from the header block until body data arrives; we offer
+    # it only while there is body data still to come.
+    waits = server.they_are_waiting_for_100_continue and held < len(body)
+    assert reply == (HTTP_CONTINUE if waits else None)
+    assert framer.take_interim_reply() is None
+    messages += framer.feed(body[held:])
+    assert messages == [block + body]
+    assert framer.take_interim_reply() is None

@@ -10,6 +10,7 @@ from tcp_multiplexer.framing.http1 import HttpCodec
 from tests.framing.builders import CHUNKED, chunked, http_request, http_response, ok, post
 
 CODEC = HttpCodec()
+CONTINUE = http_response(100, reason=b"Continue")
 
 
 def test_identity() -> None:
@@ -24,7 +25,10 @@ def test_framers_frame_http() -> None:
     responses.expect_response(http_request(b"HEAD"))
     responses.expect_response(request)
     head_reply = http_response(200, (b"Content-Length: 7",))
-    assert responses.feed(head_reply + ok(b"created")) == [head_reply, ok(b"created")]
+    assert responses.feed(head_reply + CONTINUE + ok(b"created")) == [
+        head_reply,
+        CONTINUE + ok(b"created"),
+    ]
 
 
 def read_with_h11(reply: bytes, method: bytes) -> tuple[h11.Response, bytes]:
@@ -132,7 +136,31 @@ def test_request_ends_connection(request_: bytes, ends: bool) -> None:
         pytest.param(http_response(404, (), b"to eof"), True, id="close-delimited 404"),
         pytest.param(http_response(204), False, id="204 has no body"),
         pytest.param(http_response(304), False, id="304 has no body"),
-        pytest.param(http_response(100, reason=b"Continue"), False, id="interim"),
+        # Interim (1xx) responses joined before the final one are skipped, even when
+        # they say otherwise (h11 ignores their Connection field too).
+        pytest.param(CONTINUE + ok(b"x"), False, id="interim, then content-length"),
+        pytest.param(CONTINUE + http_response(200, (), b"to eof"), True, id="interim, then eof"),
+        pytest.param(
+            http_response(100, (b"Connection: close",)) + ok(b"x"),
+            False,
+            id="interim says close",
+        ),
+        pytest.param(
+            http_response(103, version=b"HTTP/1.0") + ok(b"x"), False, id="interim is http/1.0"
+        ),
+        pytest.param(
+            http_response(103, (b"Link: </a>",), b"", reason=b"Early Hints")
+            + http_response(102, reason=b"Processing")
+            + http_response(200, (b"Content-Length: 0", b"Connection: close")),
+            True,
+            id="interim responses, then close",
+        ),
+        pytest.param(CONTINUE + http_response(204), False, id="interim, then 204"),
+        pytest.param(
+            http_response(100, eol=b"\n") + http_response(200, (), b"1\r\n", version=b"HTTP/1.0"),
+            True,
+            id="interim with bare LF, then http/1.0",
+        ),
         # A HEAD reply without Content-Length looks close-delimited: retired to be safe.
         pytest.param(http_response(200), True, id="head reply without length"),
     ],
@@ -144,6 +172,13 @@ def test_reply_ends_connection(reply: bytes, ends: bool) -> None:
 def test_connection_checks_need_a_complete_header_block() -> None:
     with pytest.raises(ValueError, match="no blank line"):
         CODEC.request_ends_connection(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(ValueError, match="no blank line"):
+        CODEC.reply_ends_connection(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_reply_needs_a_final_response() -> None:
+    with pytest.raises(ValueError, match="no blank line"):
+        CODEC.reply_ends_connection(CONTINUE)
 
 
 def test_no_request_ids_and_replies_pass_unchanged() -> None:

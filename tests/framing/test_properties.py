@@ -3,7 +3,8 @@
 - Valid messages, concatenated and cut anywhere, come back unchanged.
 - Arbitrary bytes only ever raise `FramingError`; until then the messages handed back
   are exactly the stream's leading bytes, and what is held stays within the limit
-  (h11's fuzzing invariant).
+  (h11's fuzzing invariant). An interim reply is only ever HTTP's ``100 Continue``,
+  offered while part of a message is held.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Framer
-from tcp_multiplexer.framing.http1 import HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.framing.http1 import HTTP_CONTINUE, HttpRequestFramer, HttpResponseFramer
 from tcp_multiplexer.framing.length_prefix import iso8583_framer, mpu_framer
 from tcp_multiplexer.framing.line import LineFramer
 from tcp_multiplexer.framing.modbus import MODBUS_MAX_MESSAGE_SIZE, MbapFramer
@@ -81,6 +82,7 @@ HTTP_PIECES = st.sampled_from(
         b"Content-Length: 70\r\n",
         b"Transfer-Encoding: chunked\r\n",
         b"Connection: close\r\n",
+        b"Expect: 100-continue\r\n",
         b"Host: x\r\n",
         b"\r\n",
         b"\n",
@@ -139,6 +141,8 @@ def test_arbitrary_bytes_raise_only_framing_errors_and_stay_bounded(
             assert framer.buffered <= limit
             assert fed.startswith(framed)
             assert len(fed) - len(framed) == framer.buffered
+            interim = framer.take_interim_reply()
+            assert interim is None or (interim == HTTP_CONTINUE and framer.buffered)
         framed += b"".join(framer.feed_eof())
         assert framed == fed
     except FramingError:

@@ -422,3 +422,31 @@ async def test_silent_target_answers_504_after_the_timeout() -> None:
         assert 0.5 <= elapsed < 2.0, elapsed
         assert silent.connections >= 1
         assert silent.messages >= 1  # the request did reach the target
+
+
+async def test_expect_100_continue_is_answered_by_the_multiplexer(http11: PeerHTTPServer) -> None:
+    """The multiplexer forwards only whole requests, so it sends 100 Continue itself.
+
+    curl is told to wait up to 10 s for it but may take only 3 s in all: without the
+    multiplexer's own 100 Continue the body would never be sent in time.
+    """
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        running_multiplexer(mux_config(http11.port, protocol=ProtocolName.HTTP)) as mux,
+    ):
+        output = await curl(
+            [
+                "--header",
+                "Expect: 100-continue",
+                "--expect100-timeout",
+                "10",
+                "--max-time",
+                "3",
+                "--data-binary",
+                "waited for",
+                "--write-out",
+                "%{http_code}\n",
+                url(mux.port, "/continue"),
+            ],
+        )
+    assert output == http_body("POST", "/continue", b"waited for") + b"200\n"

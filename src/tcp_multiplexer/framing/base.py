@@ -76,6 +76,16 @@ class Framer(Protocol):
         """Bytes held that do not yet form a complete message."""
         ...
 
+    def take_interim_reply(self) -> bytes | None:
+        """Bytes the multiplexer should send to this peer now, before any complete message.
+
+        HTTP's ``100 Continue``: a client that sent ``Expect: 100-continue`` waits for it
+        before sending the body, and the multiplexer forwards only complete requests, so
+        it must answer that itself. None for every other protocol and state. Each reply is
+        handed out once; call after `feed`.
+        """
+        ...
+
 
 class ResponseFramer(Framer, Protocol):
     """A framer for target responses, told about each request before it is sent."""
@@ -152,8 +162,15 @@ class GatewayPolicy(Protocol):
         """Requests with the same key may share one target answer; None = never."""
         ...
 
-    def observe(self, request: bytes, reply: bytes) -> None:
-        """Learn from a target reply (restored to `request`'s ids)."""
+    def observe(self, request: bytes, reply: bytes, key: Hashable | None) -> None:
+        """Learn from a target reply (with the ids it had on the wire); `key` is what
+        coalesce_key() said when the request was submitted."""
+        ...
+
+    def observe_gateway_reply(self, request: bytes, reply: bytes | None) -> None:
+        """The multiplexer answered `request` itself (`reply`; None = client closed)
+        because the target could not: the request may or may not have reached it.
+        """
         ...
 
 
@@ -174,6 +191,11 @@ class MessageBuffer:
         """Raise the earlier error again if this framer is poisoned."""
         if self._error is not None:
             raise self._error
+
+    @property
+    def poisoned(self) -> bool:
+        """True once an error has been raised."""
+        return self._error is not None
 
     def poison(self, error: FramingError) -> FramingError:
         """Remember `error` so later calls raise it too; return it for `raise`."""

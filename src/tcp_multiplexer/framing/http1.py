@@ -27,9 +27,20 @@ CR or NUL, malformed chunk lines. Upgrade, CONNECT and 101 responses would turn 
 connection into a tunnel, which a request/response multiplexer cannot share, so they are
 rejected too.
 
+Interim (1xx) responses come before the final response to the same request (RFC 9110
+section 15.2). The core matches one response message to each request, so the response
+framer hands back every interim response joined to the final one that follows, as one
+message::
+
+    [ 1xx header block ]*  final header block  [ body ]
+
 Lines in the header block and in the trailer section may end in a bare LF, as RFC 9112
 section 2.2 allows and h11, nginx and Node accept; chunk-size lines and the CRLF after
 chunk data must be exact CRLF (as in h11). Messages are handed back byte for byte.
+
+A client that sends ``Expect: 100-continue`` waits for ``100 Continue`` before sending
+its body (RFC 9110 section 10.1.1), but the multiplexer forwards only complete requests:
+the request framer offers that interim reply through `take_interim_reply`.
 """
 
 from __future__ import annotations
@@ -52,8 +63,14 @@ from tcp_multiplexer.framing.base import (
 HTTP_MAX_HEADER_SIZE: Final = 16 * 1024
 """Longest header block, start line and blank line included (h11's default too).
 
-The same bound applies to each chunk-size line and to the trailer section.
+The same bound applies to each chunk-size line and to the trailer section. In a response,
+interim (1xx) header blocks count towards it together with the final one: the framer holds
+them until the final response is complete, and a bound on each block alone would let a
+target send 1xx responses without end. Real interim responses are a few dozen bytes
+(``100 Continue``) or a few ``Link`` fields (``103 Early Hints``).
 """
+HTTP_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+"""The interim reply to a request that expects ``100-continue`` (see `take_interim_reply`)."""
 HTTP_MAX_BODY_SIZE: Final = 16 * 1024 * 1024
 """Default longest body as it is on the wire (chunk framing and trailers included).
 
@@ -80,6 +97,8 @@ _CLOSE: Final = 5
 _NO_BODY: Final = 6
 _UNDELIMITED: Final = 7
 """Neither Content-Length nor Transfer-Encoding."""
+_INTERIM: Final = 8
+"""An interim (1xx) response: no body, and the final response is still to come."""
 
 _MAX_LENGTH_DIGITS: Final = 19
 """Content-Length digits accepted: 19 reach 2**63 - 1, the largest size most targets can
@@ -98,7 +117,7 @@ _OWS: Final = b" \t"
 _SP: Final = 0x20
 
 _FRAMING_FIELDS: Final = frozenset(
-    (b"content-length", b"transfer-encoding", b"upgrade", b"connection")
+    (b"content-length", b"transfer-encoding", b"upgrade", b"connection", b"expect")
 )
 """The only fields whose values the framers and the codec read (lower-case)."""
 
@@ -108,13 +127,16 @@ class _HttpFramer(ABC):
 
     State between calls is kept as offsets relative to the start of the message being
     read, which is always at the front of the buffer: `_scan` (where the next delimiter
-    search resumes), `_body_start` and `_target` (end of the Content-Length body, start
-    of the current chunk-size line or trailer section, or end of the chunk data).
+    search resumes), `_head_start` (start of the header block being read: past the
+    interim responses already read, which belong to the same message), `_body_start`
+    and `_target` (end of the Content-Length body, start of the current chunk-size line
+    or trailer section, or end of the chunk data).
     """
 
     __slots__ = (
         "_body_start",
         "_buffer",
+        "_head_start",
         "_max_body",
         "_max_header",
         "_scan",
@@ -132,6 +154,7 @@ class _HttpFramer(ABC):
         self._max_header = max_header_size
         self._state = _HEAD
         self._scan = 0
+        self._head_start = 0
         self._body_start = 0
         self._target = 0
 
@@ -143,8 +166,9 @@ class _HttpFramer(ABC):
         """Add `data`; return every message now complete, in order ([] = need more).
 
         Raises:
-            MessageTooLarge: a header block, chunk-size line or trailer section is longer
-                than the header limit, or a body longer than the body limit (as soon as
+            MessageTooLarge: a header block (a response's interim and final header
+                blocks together), chunk-size line or trailer section is longer than the
+                header limit, or a body longer than the body limit (as soon as
                 Content-Length or a chunk size shows it).
             MalformedMessage: the bytes are not HTTP/1.1, or could be framed differently
                 by another parser (see the module docstring).
@@ -180,7 +204,7 @@ class _HttpFramer(ABC):
             message = bytes(buffer.buf)
             buffer.buf.clear()
             self._state = _HEAD
-            self._scan = 0
+            self._scan = self._head_start = 0
             return [message]
         return buffer.eof_without_message(_PROTOCOL)
 
@@ -199,28 +223,32 @@ class _HttpFramer(ABC):
         start = 0
         state = self._state
         scan = self._scan
+        head_start = self._head_start
         body_start = self._body_start
         target = self._target
         max_header = self._max_header
         max_body = self._max_body
         while True:
             if state == _HEAD:
-                if start == size:
+                if head_start == size:
                     break
                 end = _blank_line_end(source, scan)
+                # Measured from the message start, so interim header blocks count too.
                 if end < 0:
                     if size - start > max_header:
-                        raise _too_large("header block", size - start, max_header)
+                        raise _too_large(_head_kind(start, head_start), size - start, max_header)
                     # The blank line may begin in the last two bytes ("\n\r" + "\n").
-                    scan = max(start, size - 2)
+                    scan = max(head_start, size - 2)
                     break
                 if end - start > max_header:
-                    raise _too_large("header block", end - start, max_header)
-                framing, length = self._parse_head(bytes(source[start:end]))
+                    raise _too_large(_head_kind(start, head_start), end - start, max_header)
+                framing, length = self._parse_head(bytes(source[head_start:end]))
                 body_start = end
-                if framing == _NO_BODY:
+                if framing == _INTERIM:
+                    head_start = scan = end
+                elif framing == _NO_BODY:
                     messages.append(bytes(source[start:end]))
-                    start = scan = end
+                    start = head_start = scan = end
                 elif framing == _FIXED:
                     if length > max_body:
                         raise _too_large("Content-Length body", length, max_body)
@@ -235,7 +263,7 @@ class _HttpFramer(ABC):
                 if size < target:
                     break
                 messages.append(bytes(source[start:target]))
-                start = scan = target
+                start = head_start = scan = target
                 state = _HEAD
             elif state == _CHUNK_LINE:
                 newline = source.find(b"\n", scan)
@@ -282,7 +310,7 @@ class _HttpFramer(ABC):
                     raise _too_large("chunked body", end - body_start, max_body)
                 _framing_fields(_head_lines(bytes(source[target:end])))
                 messages.append(bytes(source[start:end]))
-                start = scan = end
+                start = head_start = scan = end
                 state = _HEAD
             else:  # _CLOSE: nothing ends the body but EOF
                 if size - body_start > max_body:
@@ -290,6 +318,7 @@ class _HttpFramer(ABC):
                 break
         self._state = state
         self._scan = scan - start
+        self._head_start = head_start - start
         self._body_start = body_start - start
         self._target = target - start
         return messages, start
@@ -304,7 +333,7 @@ class HttpRequestFramer(_HttpFramer):
     `max_body_size` per body as it is on the wire.
     """
 
-    __slots__ = ()
+    __slots__ = ("_continue_due",)
 
     def __init__(
         self,
@@ -313,6 +342,28 @@ class HttpRequestFramer(_HttpFramer):
         max_header_size: int = HTTP_MAX_HEADER_SIZE,
     ) -> None:
         super().__init__(max_body_size=max_body_size, max_header_size=max_header_size)
+        self._continue_due = False
+        """The last header block read expects 100-continue, and its reply is not taken."""
+
+    def take_interim_reply(self) -> bytes | None:
+        """`HTTP_CONTINUE` once for a request still being read that expects it, else None.
+
+        A request expects it when it is HTTP/1.1 (or a later 1.x), has a body (Content-
+        Length or chunked) and an ``Expect`` field listing ``100-continue`` in any case;
+        HTTP/1.0 expectations are ignored (RFC 9110 section 10.1.1). The reply is offered
+        only while that request's body is incomplete: a request that arrived whole needs
+        none, and neither does a poisoned framer's peer, which is about to be closed.
+
+        The reply belongs to the request still being read, after every request already
+        handed back, so it must reach the client after their responses (the client would
+        otherwise take it as an interim response to an earlier request). The target may
+        send its own ``100 Continue`` as well; clients accept any number of 1xx responses
+        before the final one (RFC 9110 section 15.2).
+        """
+        if not self._continue_due or self._state == _HEAD or self._buffer.poisoned:
+            return None
+        self._continue_due = False
+        return HTTP_CONTINUE
 
     def _parse_head(self, block: bytes) -> tuple[int, int]:
         lines = _head_lines(block)
@@ -324,7 +375,14 @@ class HttpRequestFramer(_HttpFramer):
             raise MalformedMessage(_PROTOCOL, "Upgrade is not supported")
         framing, length = _body_framing(fields)
         if framing == _UNDELIMITED:
+            self._continue_due = False
             return _NO_BODY, 0
+        # A Content-Length of 0 completes the request at once, so the reply is never due.
+        self._continue_due = (
+            b"expect" in fields
+            and not lines[0].endswith(b" HTTP/1.0")
+            and b"100-continue" in _tokens(fields[b"expect"])
+        )
         return framing, length
 
 
@@ -333,9 +391,10 @@ class HttpResponseFramer(_HttpFramer):
 
     Call `expect_response(request)` before each request is sent: the framer keeps the
     requests' methods in order, because a response to HEAD has no body whatever its
-    headers say. Interim (1xx) responses are messages of their own and leave the request
-    waiting for its final response. A final response with neither Content-Length nor
-    chunked coding is close-delimited: `feed_eof()` returns it.
+    headers say. Interim (1xx) responses are not messages of their own: each message
+    handed back is the interim responses to one request, byte for byte, followed by its
+    final response. A final response with neither Content-Length nor chunked coding is
+    close-delimited: `feed_eof()` returns it (with any interim responses before it).
 
     Raises `MalformedMessage` for a response when no request is outstanding (checked once
     its header block is in) and for 101 Switching Protocols (Upgrade is not supported).
@@ -357,6 +416,10 @@ class HttpResponseFramer(_HttpFramer):
         """Note that `request` (a complete request message) is about to be sent."""
         self._head_requests.append(request.startswith(b"HEAD "))
 
+    def take_interim_reply(self) -> bytes | None:
+        """None: the multiplexer never answers a target."""
+        return None
+
     def _parse_head(self, block: bytes) -> tuple[int, int]:
         if not self._head_requests:
             raise MalformedMessage(_PROTOCOL, "response without an outstanding request")
@@ -368,12 +431,17 @@ class HttpResponseFramer(_HttpFramer):
         if status < 200:
             if status == 101:
                 raise MalformedMessage(_PROTOCOL, "101 Switching Protocols: Upgrade not supported")
-            return _NO_BODY, 0
+            return _INTERIM, 0
         if self._head_requests.popleft() or status == 204 or status == 304:
             return _NO_BODY, 0
         if framing == _UNDELIMITED:
             return _CLOSE, 0
         return framing, length
+
+
+def _head_kind(start: int, head_start: int) -> str:
+    """What the header limit is bounding, for the error message."""
+    return "header block" if head_start == start else "header block, 1xx responses included,"
 
 
 def _blank_line_end(source: bytes | bytearray, start: int) -> int:
@@ -535,13 +603,27 @@ def _message_head(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
     return lines[0], _framing_fields(lines[1:])
 
 
+def _final_header_block(reply: bytes) -> bytes:
+    """The final response's header block in a complete response message.
+
+    Interim (1xx) responses before it are skipped: the framer validated every status
+    line, so its first status digit is always at offset 9 ("HTTP/1.1 1").
+    """
+    block = _header_block(reply)
+    while block[9:10] == b"1":
+        reply = reply[len(block) :]
+        block = _header_block(reply)
+    return block
+
+
+def _tokens(values: Iterable[bytes]) -> set[bytes]:
+    """The lower-case items of comma-separated field values (Connection, Expect)."""
+    return {token.strip(_OWS).lower() for value in values for token in value.split(b",")}
+
+
 def _ends_connection(version: bytes, fields: dict[bytes, list[bytes]]) -> bool:
     """RFC 9112 section 9.3: `Connection: close`, or HTTP/1.0 without keep-alive."""
-    tokens = {
-        token.strip(_OWS).lower()
-        for value in fields.get(b"connection", ())
-        for token in value.split(b",")
-    }
+    tokens = _tokens(fields.get(b"connection", ()))
     if b"close" in tokens:
         return True
     return version == b"HTTP/1.0" and b"keep-alive" not in tokens
@@ -614,17 +696,19 @@ class HttpCodec:
 
     def reply_ends_connection(self, reply: bytes) -> bool:
         """True for `Connection: close`, HTTP/1.0 without keep-alive, or a close-delimited
-        body (a final status other than 204 and 304 without Content-Length or chunked).
+        body (a status other than 204 and 304 without Content-Length or chunked).
 
-        The reply alone cannot show whether it answers HEAD, so a HEAD response without
+        Only the final response counts: interim (1xx) responses joined before it are
+        skipped, as h11 does (their Connection field does not end the connection). The
+        reply alone cannot show whether it answers HEAD, so a HEAD response without
         Content-Length is taken as close-delimited too: retiring a connection that could
         have stayed is safe, reusing one the target is about to close is not.
         """
-        line, fields = _message_head(_header_block(reply))
+        line, fields = _message_head(_final_header_block(reply))
         if _ends_connection(line[:8], fields):
             return True
         status = int(line[9:12])
-        if status < 200 or status == 204 or status == 304:
+        if status == 204 or status == 304:
             return False
         return b"content-length" not in fields and b"transfer-encoding" not in fields
 

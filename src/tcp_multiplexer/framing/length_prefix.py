@@ -103,6 +103,10 @@ class LengthPrefixFramer:
     def feed_eof(self) -> list[bytes]:
         return self._buffer.eof_without_message(self._protocol)
 
+    def take_interim_reply(self) -> bytes | None:
+        """None: length-prefixed protocols have no interim replies."""
+        return None
+
     def expect_response(self, request: bytes) -> None:
         """Responses are framed like requests; nothing to remember."""
 

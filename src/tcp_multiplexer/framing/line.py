@@ -73,6 +73,10 @@ class LineFramer:
     def feed_eof(self) -> list[bytes]:
         return self._buffer.eof_without_message(ProtocolName.ECHO)
 
+    def take_interim_reply(self) -> bytes | None:
+        """None: lines have no interim replies."""
+        return None
+
     def expect_response(self, request: bytes) -> None:
         """Responses are lines too; nothing to remember."""
 

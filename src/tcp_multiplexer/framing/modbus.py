@@ -115,6 +115,10 @@ class MbapFramer:
     def feed_eof(self) -> list[bytes]:
         return self._buffer.eof_without_message(ProtocolName.MODBUS)
 
+    def take_interim_reply(self) -> bytes | None:
+        """None: Modbus has no interim replies."""
+        return None
+
     def expect_response(self, request: bytes) -> None:
         """Responses are ADUs too; nothing to remember."""
 

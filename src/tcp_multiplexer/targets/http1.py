@@ -14,8 +14,9 @@ connection after the answer. A request the parser rejects (CL with TE, a TE othe
 than ``chunked``, conflicting lengths, a malformed head) gets 400, an oversized one
 413, both with ``Connection: close``.
 
-The parser is deliberately small: it is a demo and test peer, not the hot path.
-A chunked body is re-walked on every read until it is complete.
+Requests are framed by the multiplexer's own `HttpRequestFramer`; `parse_request` only
+reads a framed request's parts to build the answer. It is a demo and test peer, not
+the hot path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from tcp_multiplexer.errors import FramingError, MalformedMessage, MessageTooLarge
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.framing.base import Framer, ProtocolName
+from tcp_multiplexer.framing.http1 import HttpRequestFramer
 from tcp_multiplexer.targets.base import Answer
 
 HTTP_MAX_HEAD_SIZE: Final = 16 * 1024
@@ -189,65 +191,6 @@ def parse_request(buf: bytes | bytearray, head_end: int | None = None) -> HttpRe
     return HttpRequest(method, target, version, headers, body, end)
 
 
-class HttpRequestFramer:
-    """Cuts a stream of HTTP/1.x requests (see `parse_request` for the rules and limits)."""
-
-    __slots__ = ("_buf", "_error", "_scanned")
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._scanned = 0
-        self._error: FramingError | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self._error is not None:
-            raise self._error
-        buf = self._buf
-        buf += data
-        messages: list[bytes] = []
-        while buf:
-            # Empty lines before a request line are ignored (RFC 9112 section 2.2).
-            skipped = 0
-            while buf.startswith(_CRLF, skipped):
-                skipped += 2
-            if skipped:
-                del buf[:skipped]
-                self._scanned = 0
-                continue
-            # Resume the blank-line search where it stopped (minus a split CRLF CRLF).
-            head_end = buf.find(_HEAD_END, max(0, self._scanned - 3))
-            if head_end < 0:
-                self._scanned = len(buf)
-                if len(buf) > HTTP_MAX_HEAD_SIZE:
-                    self._error = _too_large(f"request head exceeds {HTTP_MAX_HEAD_SIZE} bytes")
-                    raise self._error
-                break
-            try:
-                request = parse_request(buf, head_end)
-            except FramingError as exc:
-                self._error = exc
-                raise
-            if request is None:
-                self._scanned = head_end
-                break
-            messages.append(bytes(buf[: request.size]))
-            del buf[: request.size]
-            self._scanned = 0
-        return messages
-
-    def feed_eof(self) -> list[bytes]:
-        if self._error is not None:
-            raise self._error
-        if self._buf.strip(b"\r\n"):
-            self._error = _malformed(f"stream ended inside a request ({len(self._buf)} bytes)")
-            raise self._error
-        return []
-
-
 def _status(code: int, reason: str) -> bytes:
     return f"HTTP/1.1 {code} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(
         "ascii"
@@ -263,8 +206,9 @@ class HttpResponder:
     def name(self) -> ProtocolName:
         return ProtocolName.HTTP
 
-    def request_framer(self) -> HttpRequestFramer:
-        return HttpRequestFramer()
+    def request_framer(self) -> Framer:
+        """The multiplexer's own request framer: the target frames as strictly as it."""
+        return HttpRequestFramer(max_body_size=HTTP_MAX_BODY_SIZE)
 
     def answer(self, request: bytes) -> Answer:
         parsed = parse_request(request)
