@@ -25,15 +25,13 @@ from typing import Any, Final, TextIO
 from tcp_multiplexer.config import Address, ModbusOptions, ServerConfig, parse_duration
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import MbapFramer, build_adu
+from tcp_multiplexer.framing.modbus import MbapFramer, read_request
 from tcp_multiplexer.metrics import LatencyHistogram
 from tcp_multiplexer.targets.modbus import holding_register_value
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
 
 DEVICE_ANSWER_DELAY: Final = 0.020
 """A typical inverter's Modbus answer time."""
-READ_HOLDING_REGISTERS: Final = 3
-_ADDRESS_COUNT: Final = struct.Struct(">HH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +72,8 @@ async def poll(spec: PollerSpec, port: int, stats: PollerStats, stop: asyncio.Ev
     try:
         while not stop.is_set():
             transaction = (transaction + 1) & 0xFFFF
-            pdu = bytes((READ_HOLDING_REGISTERS,)) + _ADDRESS_COUNT.pack(spec.address, spec.count)
             started = loop.time()
-            writer.write(build_adu(transaction, spec.unit, pdu))
+            writer.write(read_request(transaction, spec.unit, spec.address, spec.count))
             answers: list[bytes] = []
             while not answers:
                 data = await reader.read(4096)

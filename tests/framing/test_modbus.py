@@ -14,11 +14,13 @@ from tcp_multiplexer.framing.base import Correlation, FailureReason, ProtocolNam
 from tcp_multiplexer.framing.modbus import (
     MODBUS_MAX_MESSAGE_SIZE,
     ExceptionCode,
+    FunctionCode,
     MbapFramer,
     ModbusCodec,
     build_adu,
     exception_response,
     function_code,
+    read_request,
     transaction_id,
     unit_id,
     with_transaction_id,
@@ -187,3 +189,10 @@ def test_codec_rewrites_and_restores_ids() -> None:
     assert wire == mbap(3, 7, READ_HOLDING)
     target_reply = mbap(3, 0, READ_HOLDING_REPLY)
     assert codec.restore_reply(request, target_reply) == mbap(0x0A0B, 7, READ_HOLDING_REPLY)
+
+
+def test_read_request_builds_a_read_adu() -> None:
+    request = read_request(0x1234, 7, 40000, 10, FunctionCode.READ_INPUT_REGISTERS)
+    assert request == bytes.fromhex("1234 0000 0006 07 04 9c40 000a")
+    assert MbapFramer().feed(request) == [request]
+    assert read_request(1, 1, 0, 1)[7] == FunctionCode.READ_HOLDING_REGISTERS

@@ -17,6 +17,7 @@ Application Protocol v1.1b3, section 4.1), so 2 <= length <= 254 and an ADU is a
 from __future__ import annotations
 
 import struct
+from enum import IntEnum
 from typing import Final
 
 from tcp_multiplexer.errors import MalformedMessage, MessageTooLarge
@@ -41,6 +42,22 @@ EXCEPTION_FLAG: Final = 0x80
 """Set in the function code of an exception response."""
 
 _HEADER: Final = struct.Struct(">HHH")
+_READ: Final = struct.Struct(">BHH")
+
+
+class FunctionCode(IntEnum):
+    """Public function codes (Application Protocol v1.1b3, section 5.1) this project uses."""
+
+    READ_COILS = 1
+    READ_DISCRETE_INPUTS = 2
+    READ_HOLDING_REGISTERS = 3
+    READ_INPUT_REGISTERS = 4
+    WRITE_SINGLE_COIL = 5
+    WRITE_SINGLE_REGISTER = 6
+    WRITE_MULTIPLE_COILS = 15
+    WRITE_MULTIPLE_REGISTERS = 16
+    MASK_WRITE_REGISTER = 22
+    READ_WRITE_MULTIPLE_REGISTERS = 23
 
 
 class ExceptionCode:
@@ -126,6 +143,17 @@ class MbapFramer:
 def build_adu(transaction_id: int, unit_id: int, pdu: bytes) -> bytes:
     """An ADU with protocol id 0 and the length computed from `pdu`."""
     return _HEADER.pack(transaction_id, 0, len(pdu) + 1) + bytes((unit_id,)) + pdu
+
+
+def read_request(
+    transaction_id: int,
+    unit_id: int,
+    address: int,
+    count: int,
+    function: int = FunctionCode.READ_HOLDING_REGISTERS,
+) -> bytes:
+    """A read request ADU (function codes 1-4): first address and quantity."""
+    return build_adu(transaction_id, unit_id, _READ.pack(function, address, count))
 
 
 def transaction_id(adu: bytes) -> int:

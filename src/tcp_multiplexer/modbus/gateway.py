@@ -25,37 +25,32 @@ from tcp_multiplexer.framing.modbus import (
     EXCEPTION_FLAG,
     MBAP_HEADER_SIZE,
     ExceptionCode,
+    FunctionCode,
     exception_response,
 )
 from tcp_multiplexer.metrics import Metrics
 from tcp_multiplexer.modbus.cache import ReadCache, ReadKey
 
-READ_COILS: Final = 1
-READ_DISCRETE_INPUTS: Final = 2
-READ_HOLDING_REGISTERS: Final = 3
-READ_INPUT_REGISTERS: Final = 4
-WRITE_SINGLE_COIL: Final = 5
-WRITE_SINGLE_REGISTER: Final = 6
-WRITE_MULTIPLE_COILS: Final = 15
-WRITE_MULTIPLE_REGISTERS: Final = 16
-MASK_WRITE_REGISTER: Final = 22
-READ_WRITE_MULTIPLE_REGISTERS: Final = 23
-
 READ_FUNCTIONS: Final = frozenset(
-    {READ_COILS, READ_DISCRETE_INPUTS, READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS}
+    {
+        FunctionCode.READ_COILS,
+        FunctionCode.READ_DISCRETE_INPUTS,
+        FunctionCode.READ_HOLDING_REGISTERS,
+        FunctionCode.READ_INPUT_REGISTERS,
+    }
 )
 WRITE_FUNCTIONS: Final = frozenset(
     {
-        WRITE_SINGLE_COIL,
-        WRITE_SINGLE_REGISTER,
-        WRITE_MULTIPLE_COILS,
-        WRITE_MULTIPLE_REGISTERS,
-        MASK_WRITE_REGISTER,
-        READ_WRITE_MULTIPLE_REGISTERS,
+        FunctionCode.WRITE_SINGLE_COIL,
+        FunctionCode.WRITE_SINGLE_REGISTER,
+        FunctionCode.WRITE_MULTIPLE_COILS,
+        FunctionCode.WRITE_MULTIPLE_REGISTERS,
+        FunctionCode.MASK_WRITE_REGISTER,
+        FunctionCode.READ_WRITE_MULTIPLE_REGISTERS,
     }
 )
-_COIL_READS: Final = frozenset({READ_COILS})
-_REGISTER_READS: Final = frozenset({READ_HOLDING_REGISTERS})
+_COIL_READS: Final = frozenset({FunctionCode.READ_COILS})
+_REGISTER_READS: Final = frozenset({FunctionCode.READ_HOLDING_REGISTERS})
 _READ_REQUEST_SIZE: Final = MBAP_HEADER_SIZE + 5
 """A read request ADU: header, function, address (2), quantity (2)."""
 _TWO_WORDS: Final = struct.Struct(">HH")
@@ -75,15 +70,18 @@ def written_range(request: bytes) -> tuple[frozenset[int], int, int] | None:
         return None
     function = request[7]
     address, quantity = _TWO_WORDS.unpack_from(request, 8)
-    if function == WRITE_SINGLE_COIL:
+    if function == FunctionCode.WRITE_SINGLE_COIL:
         return _COIL_READS, address, 1
-    if function == WRITE_MULTIPLE_COILS:
+    if function == FunctionCode.WRITE_MULTIPLE_COILS:
         return _COIL_READS, address, quantity
-    if function in (WRITE_SINGLE_REGISTER, MASK_WRITE_REGISTER):
+    if function in (FunctionCode.WRITE_SINGLE_REGISTER, FunctionCode.MASK_WRITE_REGISTER):
         return _REGISTER_READS, address, 1
-    if function == WRITE_MULTIPLE_REGISTERS:
+    if function == FunctionCode.WRITE_MULTIPLE_REGISTERS:
         return _REGISTER_READS, address, quantity
-    if function == READ_WRITE_MULTIPLE_REGISTERS and len(request) >= MBAP_HEADER_SIZE + 9:
+    if (
+        function == FunctionCode.READ_WRITE_MULTIPLE_REGISTERS
+        and len(request) >= MBAP_HEADER_SIZE + 9
+    ):
         write_address, write_quantity = _TWO_WORDS.unpack_from(request, 12)
         return _REGISTER_READS, write_address, write_quantity
     return None

@@ -32,6 +32,7 @@ from tcp_multiplexer.framing.base import Framer, ProtocolName
 from tcp_multiplexer.framing.modbus import (
     MBAP_HEADER_SIZE,
     ExceptionCode,
+    FunctionCode,
     MbapFramer,
     build_adu,
     exception_response,
@@ -62,16 +63,6 @@ COIL_OFF: Final = 0x0000
 WRONG_ID_OFFSET: Final = 0x8000
 """Added to the transaction id by the wrong-id fault: half the id space away, so the
 answer matches no request in flight unless 32768 are outstanding."""
-
-READ_COILS: Final = 1
-READ_DISCRETE_INPUTS: Final = 2
-READ_HOLDING_REGISTERS: Final = 3
-READ_INPUT_REGISTERS: Final = 4
-WRITE_SINGLE_COIL: Final = 5
-WRITE_SINGLE_REGISTER: Final = 6
-WRITE_MULTIPLE_COILS: Final = 15
-WRITE_MULTIPLE_REGISTERS: Final = 16
-READ_WRITE_MULTIPLE_REGISTERS: Final = 23
 
 _ADDRESS_COUNT: Final = struct.Struct(">HH")
 _ADDRESS_COUNT_BYTES: Final = struct.Struct(">HHB")
@@ -138,21 +129,21 @@ class ModbusDevice:
         self._coils: dict[tuple[int, int], bool] = {}
         self._holding: dict[tuple[int, int], int] = {}
         self._handlers: dict[int, Callable[[int, bytes], bytes]] = {
-            READ_COILS: lambda unit, pdu: self._read_bits(unit, pdu, self.coil),
-            READ_DISCRETE_INPUTS: lambda unit, pdu: self._read_bits(
+            FunctionCode.READ_COILS: lambda unit, pdu: self._read_bits(unit, pdu, self.coil),
+            FunctionCode.READ_DISCRETE_INPUTS: lambda unit, pdu: self._read_bits(
                 unit, pdu, discrete_input_value
             ),
-            READ_HOLDING_REGISTERS: lambda unit, pdu: self._read_registers(
+            FunctionCode.READ_HOLDING_REGISTERS: lambda unit, pdu: self._read_registers(
                 unit, pdu, self.holding_register
             ),
-            READ_INPUT_REGISTERS: lambda unit, pdu: self._read_registers(
+            FunctionCode.READ_INPUT_REGISTERS: lambda unit, pdu: self._read_registers(
                 unit, pdu, input_register_value
             ),
-            WRITE_SINGLE_COIL: self._write_coil,
-            WRITE_SINGLE_REGISTER: self._write_register,
-            WRITE_MULTIPLE_COILS: self._write_coils,
-            WRITE_MULTIPLE_REGISTERS: self._write_registers,
-            READ_WRITE_MULTIPLE_REGISTERS: self._read_write_registers,
+            FunctionCode.WRITE_SINGLE_COIL: self._write_coil,
+            FunctionCode.WRITE_SINGLE_REGISTER: self._write_register,
+            FunctionCode.WRITE_MULTIPLE_COILS: self._write_coils,
+            FunctionCode.WRITE_MULTIPLE_REGISTERS: self._write_registers,
+            FunctionCode.READ_WRITE_MULTIPLE_REGISTERS: self._read_write_registers,
         }
 
     @property
