@@ -83,7 +83,7 @@ class Dispatcher:
         if policy is not None:
             local = policy.local_reply(request.payload)
             if local is not None:
-                self._deliver(request, local)
+                self._deliver(request, local, request.submitted_at)
                 return
             key = policy.coalesce_key(request.payload)
             if key is not None:
@@ -137,7 +137,15 @@ class Dispatcher:
         self._waiting += 1
         if self._queue_timer is None:
             self._queue_timer = self._loop.call_at(request.deadline, self._expire_waiting)
-        if self._waiting >= self._queue_size and session not in self._paused:
+        # A full queue stops reading from clients that add a second waiting request:
+        # each client may always queue one, so a crowd of clients that each wait for
+        # one answer is never paused (pausing them would only cost system calls), and
+        # the queue holds at most `queue_size` requests plus one per client.
+        if (
+            self._waiting >= self._queue_size
+            and len(session.waiting) > 1
+            and session not in self._paused
+        ):
             self._paused.add(session)
             session.pause_for_queue()
 
@@ -237,19 +245,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ answers out
 
-    def finish(self, request: Request, reply: bytes) -> None:
-        """The target answered `request` (ids as on the wire): deliver to it and followers."""
+    def finish(self, request: Request, reply: bytes, now: float) -> None:
+        """The target answered `request` (ids as on the wire) at loop time `now`:
+        deliver the answer to it and to its followers."""
         codec = self._codec
         key = request.coalesce_key
         if key is not None:
             self._release_leader(request)
         if self._policy is not None:
             self._policy.observe(request.payload, reply, key)
-        self._deliver(request, codec.restore_reply(request.payload, reply))
+        self._deliver(request, codec.restore_reply(request.payload, reply), now)
         followers = request.followers
         if followers:
             for follower in followers:
-                self._deliver(follower, codec.restore_reply(follower.payload, reply))
+                self._deliver(follower, codec.restore_reply(follower.payload, reply), now)
 
     def fail(self, request: Request, reason: FailureReason) -> None:
         """Answer `request` (and its followers) with the gateway answer for `reason`."""
@@ -262,21 +271,21 @@ class Dispatcher:
             reply = codec.error_reply(failed.payload, reason)
             if policy is not None:
                 policy.observe_gateway_reply(failed.payload, reply)
-            self._deliver(failed, reply)
+            self._deliver(failed, reply, self._loop.time())
 
     def _release_leader(self, request: Request) -> None:
         if self._leaders.get(request.coalesce_key) is request:
             del self._leaders[request.coalesce_key]
         request.coalesce_key = None
 
-    def _deliver(self, request: Request, reply: bytes | None) -> None:
+    def _deliver(self, request: Request, reply: bytes | None, now: float) -> None:
         request.state = RequestState.DONE
         if reply is None:
             request.close_client = True
         else:
             request.reply = reply
         self._metrics.replies += 1
-        self._metrics.latency.observe(self._loop.time() - request.submitted_at)
+        self._metrics.latency.observe(now - request.submitted_at)
         self._count_answered()
         request.session.request_done(request)
 

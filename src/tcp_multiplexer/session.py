@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from enum import IntFlag
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec
@@ -20,15 +19,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class PauseReason(IntFlag):
-    """Why a client is not being read from; reading resumes when none is left."""
-
-    QUEUE = 1
-    """The shared wait queue is full."""
-    BACKLOG = 2
-    """This client has too many requests outstanding."""
-    WRITE = 4
-    """This client does not read its answers fast enough."""
+# Why a client is not being read from; reading resumes when no reason is left. Plain
+# int bits, not an IntFlag: flag arithmetic is on the per-request path.
+PAUSE_QUEUE: Final = 1
+"""The shared wait queue is full."""
+PAUSE_BACKLOG: Final = 2
+"""This client has too many requests outstanding."""
+PAUSE_WRITE: Final = 4
+"""This client does not read its answers fast enough."""
 
 
 class ClientSession(asyncio.Protocol):
@@ -47,7 +45,7 @@ class ClientSession(asyncio.Protocol):
         self._outstanding: deque[Request] = deque()
         self.waiting: deque[Request] = deque()
         """Requests of this client in the dispatcher's wait queue (owned by it)."""
-        self._paused = PauseReason(0)
+        self._paused = 0
         self._eof = False
         self._pending_interim: bytes | None = None
         """An interim reply waiting for the answers to earlier requests."""
@@ -80,7 +78,7 @@ class ClientSession(asyncio.Protocol):
             return
         dispatcher = self._dispatcher
         now = self._loop.time()
-        self._spinner.touch()
+        self._spinner.touch(now)
         if len(messages) == 1:
             self._submit(messages[0], now)
         elif messages:
@@ -97,7 +95,7 @@ class ClientSession(asyncio.Protocol):
         if interim is not None:
             self._send_interim(interim)
         if len(self._outstanding) >= self._backlog:
-            self._pause(PauseReason.BACKLOG)
+            self._pause(PAUSE_BACKLOG)
 
     def _send_interim(self, interim: bytes) -> None:
         """Write an interim reply (HTTP 100 Continue) once earlier answers are out."""
@@ -135,10 +133,10 @@ class ClientSession(asyncio.Protocol):
                 logger.info("%s disconnected: %s", self.name, exc)
 
     def pause_writing(self) -> None:
-        self._pause(PauseReason.WRITE)
+        self._pause(PAUSE_WRITE)
 
     def resume_writing(self) -> None:
-        self._resume(PauseReason.WRITE)
+        self._resume(PAUSE_WRITE)
 
     # ------------------------------------------------------------------ from the dispatcher
 
@@ -175,14 +173,14 @@ class ClientSession(asyncio.Protocol):
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if close_after or (self._eof and not outstanding):
             self._close()
-        elif self._paused & PauseReason.BACKLOG and len(outstanding) < self._backlog:
-            self._resume(PauseReason.BACKLOG)
+        elif self._paused & PAUSE_BACKLOG and len(outstanding) < self._backlog:
+            self._resume(PAUSE_BACKLOG)
 
     def pause_for_queue(self) -> None:
-        self._pause(PauseReason.QUEUE)
+        self._pause(PAUSE_QUEUE)
 
     def resume_for_queue(self) -> None:
-        self._resume(PauseReason.QUEUE)
+        self._resume(PAUSE_QUEUE)
 
     # ------------------------------------------------------------------ helpers
 
@@ -196,12 +194,12 @@ class ClientSession(asyncio.Protocol):
         """Requests of this client not yet answered."""
         return len(self._outstanding)
 
-    def _pause(self, reason: PauseReason) -> None:
+    def _pause(self, reason: int) -> None:
         if not self._paused and self._transport is not None and not self._closing:
             self._transport.pause_reading()
         self._paused |= reason
 
-    def _resume(self, reason: PauseReason) -> None:
+    def _resume(self, reason: int) -> None:
         if not self._paused & reason:
             return
         self._paused &= ~reason

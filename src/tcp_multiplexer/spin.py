@@ -29,11 +29,11 @@ class Spinner:
         self._until = 0.0
         self._active = False
 
-    def touch(self) -> None:
-        """Note I/O activity now: spin for another window."""
+    def touch(self, now: float) -> None:
+        """Note I/O activity at loop time `now`: spin for another window."""
         if not self._window:
             return
-        self._until = self._loop.time() + self._window
+        self._until = now + self._window
         if not self._active:
             self._active = True
             self._loop.call_soon(self._spin)

@@ -204,7 +204,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _handle_replies(self, messages: list[bytes]) -> None:
         if not messages:
             return
-        self._spinner.touch()
+        now = self._loop.time()
+        self._spinner.touch(now)
         codec = self._codec
         answered: list[tuple[Request, bytes]] = []
         for message in messages:
@@ -222,7 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not answered:
             return
         self.answers += len(answered)
-        self._last_activity = self._loop.time()
+        self._last_activity = now
         dispatcher = self._dispatcher
         # The next request goes out before these answers are delivered: the target
         # works on it while the answers are written to their clients.
@@ -236,7 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
             if self.can_send:
                 dispatcher.connection_available(self)
         for request, message in answered:
-            dispatcher.finish(request, message)
+            dispatcher.finish(request, message, now)
 
     def _match(self, message: bytes) -> Request | None:
         if self._by_id:

@@ -124,11 +124,12 @@ class ModbusGatewayPolicy:
                 self._events["cache_misses"] += 1
         return None
 
-    def coalesce_key(self, request: bytes) -> tuple[ReadKey, int] | None:
-        key = read_key(request)
-        if key is None:
+    def coalesce_key(self, request: bytes) -> tuple[bytes, int] | None:
+        """Unit, function, address and count as they are on the wire, and the unit's
+        write generation; None for anything but a read."""
+        if len(request) != _READ_REQUEST_SIZE or request[7] not in READ_FUNCTIONS:
             return None
-        return key, self._generation.get(key.unit, 0)
+        return request[6:], self._generation.get(request[6], 0)
 
     def observe(self, request: bytes, reply: bytes, key: Hashable | None) -> None:
         if request[7] in WRITE_FUNCTIONS:
@@ -139,8 +140,8 @@ class ModbusGatewayPolicy:
         cache = self._cache
         if cache is None or not isinstance(key, tuple):
             return
-        read, generation = key
-        if generation == self._generation.get(read.unit, 0):
+        read = read_key(request)
+        if read is not None and key[1] == self._generation.get(read.unit, 0):
             cache.put(read, reply, self._loop.time())
 
     def observe_gateway_reply(self, request: bytes, reply: bytes | None) -> None:
