@@ -83,7 +83,9 @@ class Dispatcher:
         if policy is not None:
             local = policy.local_reply(request.payload)
             if local is not None:
-                self._deliver(request, local, request.submitted_at)
+                self._deliver(
+                    request, local, request.submitted_at, self._codec.reply_ends_connection(local)
+                )
                 return
             key = policy.coalesce_key(request.payload)
             if key is not None:
@@ -245,20 +247,25 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ answers out
 
-    def finish(self, request: Request, reply: bytes, now: float) -> None:
+    def finish(
+        self, request: Request, reply: bytes, now: float, *, ends_connection: bool = False
+    ) -> None:
         """The target answered `request` (ids as on the wire) at loop time `now`:
-        deliver the answer to it and to its followers."""
+        deliver the answer to it and to its followers. `ends_connection`: the codec
+        said the reply ends the connection."""
         codec = self._codec
         key = request.coalesce_key
         if key is not None:
             self._release_leader(request)
         if self._policy is not None:
             self._policy.observe(request.payload, reply, key)
-        self._deliver(request, codec.restore_reply(request.payload, reply), now)
+        self._deliver(request, codec.restore_reply(request.payload, reply), now, ends_connection)
         followers = request.followers
         if followers:
             for follower in followers:
-                self._deliver(follower, codec.restore_reply(follower.payload, reply), now)
+                self._deliver(
+                    follower, codec.restore_reply(follower.payload, reply), now, ends_connection
+                )
 
     def fail(self, request: Request, reason: FailureReason) -> None:
         """Answer `request` (and its followers) with the gateway answer for `reason`."""
@@ -271,15 +278,23 @@ class Dispatcher:
             reply = codec.error_reply(failed.payload, reason)
             if policy is not None:
                 policy.observe_gateway_reply(failed.payload, reply)
-            self._deliver(failed, reply, self._loop.time())
+            self._deliver(
+                failed,
+                reply,
+                self._loop.time(),
+                reply is not None and codec.reply_ends_connection(reply),
+            )
 
     def _release_leader(self, request: Request) -> None:
         if self._leaders.get(request.coalesce_key) is request:
             del self._leaders[request.coalesce_key]
         request.coalesce_key = None
 
-    def _deliver(self, request: Request, reply: bytes | None, now: float) -> None:
+    def _deliver(
+        self, request: Request, reply: bytes | None, now: float, ends_connection: bool
+    ) -> None:
         request.state = RequestState.DONE
+        request.ends_connection = ends_connection
         if reply is None:
             request.close_client = True
         else:

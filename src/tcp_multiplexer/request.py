@@ -34,6 +34,7 @@ class Request:
         "close_client",
         "coalesce_key",
         "deadline",
+        "ends_connection",
         "followers",
         "payload",
         "reply",
@@ -51,6 +52,8 @@ class Request:
         self.state = RequestState.NEW
         self.reply = b""
         self.close_client = False
+        self.ends_connection = False
+        """The reply ends the client's connection (HTTP `Connection: close`)."""
         self.coalesce_key: Hashable | None = None
         self.followers: list[Request] | None = None
         self.wire_id = 0

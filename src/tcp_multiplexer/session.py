@@ -149,7 +149,6 @@ class ClientSession(asyncio.Protocol):
             return
         chunks: list[bytes] = []
         close_after = False
-        codec = self._codec
         while outstanding and outstanding[0].state is RequestState.DONE:
             done = outstanding.popleft()
             if done.close_client:
@@ -160,7 +159,7 @@ class ClientSession(asyncio.Protocol):
             if self._debug:
                 logger.debug("%s <- %s", self.name, hex_dump(reply))
             chunks.append(reply)
-            if codec.reply_ends_connection(reply):
+            if done.ends_connection:
                 close_after = True
                 break
         transport = self._transport

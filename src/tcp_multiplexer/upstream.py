@@ -207,7 +207,7 @@ class UpstreamConnection(asyncio.Protocol):
         now = self._loop.time()
         self._spinner.touch(now)
         codec = self._codec
-        answered: list[tuple[Request, bytes]] = []
+        answered: list[tuple[Request, bytes, bool]] = []
         for message in messages:
             if self._debug:
                 logger.debug("%s -> %s", self.name, hex_dump(message))
@@ -217,8 +217,9 @@ class UpstreamConnection(asyncio.Protocol):
                     break
                 continue
             self._inflight -= 1
-            answered.append((request, message))
-            if codec.reply_ends_connection(message):
+            ends = codec.reply_ends_connection(message)
+            answered.append((request, message, ends))
+            if ends:
                 self._draining = True
         if not answered:
             return
@@ -236,8 +237,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self._schedule_timer()
             if self.can_send:
                 dispatcher.connection_available(self)
-        for request, message in answered:
-            dispatcher.finish(request, message, now)
+        for request, message, ends in answered:
+            dispatcher.finish(request, message, now, ends_connection=ends)
 
     def _match(self, message: bytes) -> Request | None:
         if self._by_id:
