@@ -163,6 +163,17 @@ def test_request_ends_connection(request_: bytes, ends: bool) -> None:
         ),
         # A HEAD reply without Content-Length looks close-delimited: retired to be safe.
         pytest.param(http_response(200), True, id="head reply without length"),
+        pytest.param(http_response(304, version=b"HTTP/1.0"), True, id="http/1.0 304"),
+        pytest.param(
+            http_response(304, (b"Connection: keep-alive",), version=b"HTTP/1.0"),
+            False,
+            id="http/1.0 304 keep-alive",
+        ),
+        pytest.param(
+            http_response(200, (b"X-Note: content-length: 5",), b"eof"),
+            True,
+            id="field value naming content-length",
+        ),
     ],
 )
 def test_reply_ends_connection(reply: bytes, ends: bool) -> None:

@@ -704,7 +704,16 @@ class HttpCodec:
         Content-Length is taken as close-delimited too: retiring a connection that could
         have stayed is safe, reusing one the target is about to close is not.
         """
-        line, fields = _message_head(_final_header_block(reply))
+        block = _final_header_block(reply)
+        lower = block.lower()
+        if b"\nconnection" not in lower and block.startswith(b"HTTP/1.1 "):
+            # Fast path for the usual reply: HTTP/1.1 without a Connection field. The
+            # framer validated every field line, so a field name starts right after a
+            # line feed and ends at a colon.
+            if block[9:12] in (b"204", b"304"):
+                return False
+            return b"\ncontent-length:" not in lower and b"\ntransfer-encoding:" not in lower
+        line, fields = _message_head(block)
         if _ends_connection(line[:8], fields):
             return True
         status = int(line[9:12])
