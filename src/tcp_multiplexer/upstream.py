@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID_SPACE: Final = 0x10000
 """Modbus transaction ids are 16 bits."""
+SILENT_TIMEOUTS_BEFORE_RECONNECT: Final = 2
+"""One unanswered request may be a dropped frame; two in a row with not a byte from the
+target in between mean it will not answer on this connection."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -72,6 +75,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         self.closed_for_idle = False
         self.answers = 0
+        self._last_heard = float("-inf")
+        """Loop time of the last message from the target, matched or not."""
+        self._silent_timeouts = 0
+        """Timeouts in a row with nothing at all heard from the target since."""
         """Answers received: a connection that answered had a live target behind it."""
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._debug = logger.isEnabledFor(logging.DEBUG)
@@ -205,6 +212,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not messages:
             return
         now = self._loop.time()
+        self._last_heard = now
+        self._silent_timeouts = 0
         self._spinner.touch(now)
         codec = self._codec
         answered: list[tuple[Request, bytes, bool]] = []
@@ -311,8 +320,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._schedule_timer()
 
     def _expire_ids(self, now: float) -> None:
-        """Answer every request past its deadline with the timeout answer; keep the link."""
+        """Answer every request past its deadline with the timeout answer.
+
+        The link stays while the target says anything at all: a late answer then carries
+        an id nobody waits for and is dropped. A target that stays silent through
+        SILENT_TIMEOUTS_BEFORE_RECONNECT timeouts in a row is hung (or its one slot is
+        held by someone else): the connection is retired and reopened.
+        """
         while (oldest := self._oldest()) is not None and oldest.deadline <= now:
+            if self._last_heard < oldest.deadline - self._timeout:
+                self._silent_timeouts += 1
+                if self._silent_timeouts >= SILENT_TIMEOUTS_BEFORE_RECONNECT:
+                    logger.warning(
+                        "%s: no word from the target through %d timeouts; reconnecting",
+                        self.name,
+                        self._silent_timeouts,
+                    )
+                    self._retire(FailureReason.TIMEOUT)
+                    return
             del self._ids[oldest.wire_id]
             self._inflight -= 1
             logger.warning(
