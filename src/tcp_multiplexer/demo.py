@@ -32,6 +32,10 @@ from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
 
 DEVICE_ANSWER_DELAY: Final = 0.020
 """A typical inverter's Modbus answer time."""
+RESTART_DOWNTIME: Final = 1.5
+"""How long the simulated inverter is away when it restarts halfway through."""
+MIN_DURATION_FOR_RESTART: Final = 6.0
+"""Shorter demos skip the restart: there would be too little before and after it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +86,13 @@ async def poll(spec: PollerSpec, port: int, stats: PollerStats, stop: asyncio.Ev
                 answers = framer.feed(data)
             stats.latency.observe(loop.time() - started)
             answer = answers[0]
-            if answer[7] & 0x80:
+            if answer[:2] != transaction.to_bytes(2, "big"):
+                stats.wrong += 1
+            elif answer[7] & 0x80:
                 stats.exceptions += 1
             else:
                 values = list(struct.unpack(f">{spec.count}H", answer[9 : 9 + 2 * spec.count]))
-                if answer[:2] != transaction.to_bytes(2, "big") or values != expected:
+                if values != expected:
                     stats.wrong += 1
                 else:
                     stats.answers += 1
@@ -124,6 +130,7 @@ async def run_demo(duration: float, out: TextIO) -> int:
             target=Address("127.0.0.1", device.port),
             listen=Address("127.0.0.1", 0),
             timeout=2.0,
+            reconnect_backoff=0.2,
             metrics_interval=0.0,
             modbus=ModbusOptions(coalesce=True),
         )
@@ -147,13 +154,33 @@ async def run_demo(duration: float, out: TextIO) -> int:
         for spec in DEMO_POLLERS
     ]
     started = loop.time()
+    # Halfway through, the inverter restarts (as at night): clients get exception
+    # answers at once instead of hanging, and the multiplexer reconnects by itself.
+    restart_at = duration / 2 if duration >= MIN_DURATION_FOR_RESTART else None
+    back_at: float | None = None
     try:
         while not stop.is_set() and loop.time() - started < duration:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await stop.wait()
             elapsed = loop.time() - started
-            clients = " ".join(f"{name}={s.answers}" for name, s in stats.items())
+            if restart_at is not None and elapsed >= restart_at:
+                restart_at = None
+                back_at = elapsed + RESTART_DOWNTIME
+                await device.go_down()
+                print(
+                    f"[{elapsed:4.1f}s] the inverter restarts: down for {RESTART_DOWNTIME:g}s",
+                    file=out,
+                    flush=True,
+                )
+            elif back_at is not None and elapsed >= back_at:
+                back_at = None
+                await device.come_up()
+                print(f"[{elapsed:4.1f}s] the inverter is back", file=out, flush=True)
+            clients = " ".join(
+                f"{name}={s.answers}" + (f"(+{s.exceptions} exc)" if s.exceptions else "")
+                for name, s in stats.items()
+            )
             snapshot = multiplexer.metrics.snapshot()
             print(
                 f"[{elapsed:4.1f}s] answers: {clients} | device: "
@@ -172,7 +199,8 @@ async def run_demo(duration: float, out: TextIO) -> int:
             loop.remove_signal_handler(sig)
     failures = [result for result in results if isinstance(result, BaseException)]
     total_answers = sum(s.answers for s in stats.values())
-    total_wrong = sum(s.wrong + s.exceptions for s in stats.values())
+    total_wrong = sum(s.wrong for s in stats.values())
+    total_exceptions = sum(s.exceptions for s in stats.values())
     print("\nsummary", file=out)
     for name, s in stats.items():
         print(
@@ -181,10 +209,14 @@ async def run_demo(duration: float, out: TextIO) -> int:
             f"p99 {_ms(s.latency.percentile(0.99))}",
             file=out,
         )
+    gateway_answers = dict(multiplexer.metrics.failures)
     print(
-        f"  the device accepted {device.stats.accepted} connection(s) and answered "
-        f"{device.stats.requests} requests for {total_answers + total_wrong} client answers "
-        f"({multiplexer.metrics.events.get('coalesced', 0)} reads shared by coalescing)",
+        f"  the device accepted {device.stats.accepted} connection(s), one at a time, and "
+        f"answered {device.stats.requests} requests for {total_answers + total_exceptions} "
+        f"client answers ({multiplexer.metrics.events.get('coalesced', 0)} reads shared by "
+        f"coalescing)\n"
+        f"  gateway answers while it was away: {gateway_answers or 'none'}; wrong answers: "
+        f"{total_wrong}",
         file=out,
         flush=True,
     )

@@ -1,0 +1,27 @@
+"""`tcp-multiplexer demo`: the README's first command runs, recovers and checks itself."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+from tcp_multiplexer.demo import MIN_DURATION_FOR_RESTART, run_demo
+
+
+async def test_demo_shares_one_device_connection_and_survives_its_restart() -> None:
+    out = io.StringIO()
+    async with asyncio.timeout(30):
+        status = await run_demo(MIN_DURATION_FOR_RESTART + 1.0, out)
+    text = out.getvalue()
+    assert status == 0, text
+    assert "the inverter restarts" in text
+    assert "the inverter is back" in text
+    # One connection before the restart, one after: never two at once.
+    assert "the device accepted 2 connection(s), one at a time" in text
+    assert "wrong answers: 0" in text
+    for name in ("home-assistant", "evcc", "data-logger", "vendor-app"):
+        match = re.search(rf"{name} +(\d+) correct answers, 0 wrong", text)
+        assert match is not None, text
+        assert int(match.group(1)) > 0
+    assert re.search(r"\((\d+) reads shared by coalescing\)", text)
