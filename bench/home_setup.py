@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import re
 import signal
 import struct
 import sys
@@ -30,10 +29,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from mux_process import START_TIMEOUT, STOP_TIMEOUT, MultiplexerProcess
+
 from tcp_multiplexer.config import parse_duration
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import MBAP_HEADER_SIZE, build_adu
+from tcp_multiplexer.framing.modbus import MBAP_HEADER_SIZE, FunctionCode, build_adu, read_request
 from tcp_multiplexer.targets.modbus import holding_register_value
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 
@@ -42,9 +43,6 @@ DEVICE_DELAY: Final = 0.030
 POLL_INTERVAL: Final = 0.100
 REQUEST_TIMEOUT: Final = 5.0
 """The multiplexer's --timeout, and how long a client waits for any answer."""
-START_TIMEOUT: Final = 15.0
-STOP_TIMEOUT: Final = 10.0
-READ_HOLDING_REGISTERS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,14 +102,15 @@ class Result:
     gateway_events: dict[str, int]
 
 
-def read_request(tid: int, poller: Poller) -> bytes:
-    pdu = struct.pack(">BHH", READ_HOLDING_REGISTERS, poller.address, poller.count)
-    return build_adu(tid, poller.unit, pdu)
+def poll_request(tid: int, poller: Poller) -> bytes:
+    return read_request(tid, poller.unit, poller.address, poller.count)
 
 
 def expected_answer(tid: int, poller: Poller) -> bytes:
     values = [holding_register_value(poller.unit, poller.address + i) for i in range(poller.count)]
-    pdu = struct.pack(f">BB{poller.count}H", READ_HOLDING_REGISTERS, 2 * poller.count, *values)
+    pdu = struct.pack(
+        f">BB{poller.count}H", FunctionCode.READ_HOLDING_REGISTERS, 2 * poller.count, *values
+    )
     return build_adu(tid, poller.unit, pdu)
 
 
@@ -132,7 +131,7 @@ async def poll(port: int, poller: Poller, until: float, phase: float, tally: Tal
             await asyncio.sleep(max(0.0, due - loop.time()))
             tid = (tid + 1) & 0xFFFF
             sent_at = loop.time()
-            writer.write(read_request(tid, poller))
+            writer.write(poll_request(tid, poller))
             try:
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     answer = await read_adu(reader)
@@ -153,71 +152,6 @@ async def poll(port: int, poller: Poller, until: float, phase: float, tally: Tal
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-
-
-class MultiplexerProcess:
-    """`python -m tcp_multiplexer server ...` in a subprocess, stopped on exit."""
-
-    def __init__(self, args: Sequence[str]) -> None:
-        self._args = [sys.executable, "-m", "tcp_multiplexer", "server", *args]
-        self._process: asyncio.subprocess.Process | None = None
-        self._lines: list[str] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> int:
-        """Start, wait for the listening line, return the port."""
-        self._process = await asyncio.create_subprocess_exec(
-            *self._args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stderr = self._process.stderr
-        assert stderr is not None
-        try:
-            async with asyncio.timeout(START_TIMEOUT):
-                while True:
-                    line = (await stderr.readline()).decode(errors="replace")
-                    if not line:
-                        raise RuntimeError(f"the multiplexer exited: {''.join(self._lines)}")
-                    self._lines.append(line)
-                    match = re.search(r"listening on [^ ]*:(\d+)", line)
-                    if match:
-                        break
-        except BaseException:
-            await self.__aexit__()  # __aexit__ is not called when __aenter__ fails
-            raise
-        self._drain = asyncio.create_task(self._read_rest(stderr))
-        return int(match.group(1))
-
-    async def _read_rest(self, stderr: asyncio.StreamReader) -> None:
-        while line := await stderr.readline():
-            self._lines.append(line.decode(errors="replace"))
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.returncode is None:
-            process.terminate()
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._drain is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await self._drain
-
-    def final_events(self) -> dict[str, int]:
-        """Counters from the multiplexer's `stopped after ...` line (after exit)."""
-        for line in reversed(self._lines):
-            if "stopped after" in line:
-                tail = line.split("latency", 1)[-1]
-                return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)\b", tail)}
-        return {}
 
 
 @contextlib.asynccontextmanager
@@ -245,7 +179,8 @@ async def run_setup(setup: Setup, duration: float, seed: int) -> Result:
                 *setup.flags,
             ]
         )
-        async with mux as port:
+        async with mux:
+            port = mux.port
             tally = Tally()
             loop = asyncio.get_running_loop()
             started = loop.time()

@@ -39,10 +39,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
-import re
-import signal
 import struct
 import sys
 import time
@@ -51,14 +48,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from mux_process import MultiplexerProcess, Sample
+
 from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, build_adu
+from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, FunctionCode, build_adu, read_request
 from tcp_multiplexer.targets import Fault, TargetConfig, TargetServer, holding_register_value
 
 LOOPBACK: Final = "127.0.0.1"
-READ_HOLDING_REGISTERS: Final = 3
-START_TIMEOUT: Final = 15.0
-STOP_TIMEOUT: Final = 15.0
 GATEWAY_CODES: Final = frozenset({0x06, 0x0A, 0x0B})
 RSS_GROWTH_FRACTION: Final = 0.20
 RSS_GROWTH_KB: Final = 10 * 1024
@@ -66,90 +62,6 @@ FD_GROWTH: Final = 10
 LATE_GRACE: Final = 1.0
 """How much longer than the lost limit a client waits, to report a late answer as such."""
 LOG_SIGNS: Final = ("Traceback", "Exception in callback", "exception was never retrieved")
-
-
-# ---------------------------------------------------------------------------- the multiplexer
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    at: float
-    rss_kb: int
-    fds: int
-
-
-class Multiplexer:
-    """`python -m tcp_multiplexer server ...` in a subprocess; its log kept in memory."""
-
-    def __init__(self, args: Sequence[str]) -> None:
-        self.args = [sys.executable, "-m", "tcp_multiplexer", "server", *args]
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> int:
-        """Start it and return the port from its `listening on` line."""
-        self.process = await asyncio.create_subprocess_exec(
-            *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stderr = self.process.stderr
-        if stderr is None:
-            raise RuntimeError("no stderr pipe")
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                line = (await stderr.readline()).decode(errors="replace")
-                if not line:
-                    raise RuntimeError(f"the multiplexer exited:\n{''.join(self.lines)}")
-                self.lines.append(line)
-                match = re.search(r"listening on [^ ]*:(\d+)", line)
-                if match:
-                    break
-        self._drain = asyncio.create_task(self._read_log(stderr))
-        return int(match.group(1))
-
-    async def _read_log(self, stderr: asyncio.StreamReader) -> None:
-        while line := await stderr.readline():
-            self.lines.append(line.decode(errors="replace"))
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def sample(self) -> Sample:
-        if self.process is None:
-            raise RuntimeError("not started")
-        pid = self.process.pid
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
-        rss_kb = 0
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
-        return Sample(time.monotonic(), rss_kb, fds)
-
-    async def stop(self) -> int | None:
-        """SIGTERM, wait (kill if it hangs); the exit status, or None if it had to be killed."""
-        process = self.process
-        if process is None:
-            return None
-        status: int | None
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(STOP_TIMEOUT):
-                status = await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            status = None
-        if self._drain is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await self._drain
-        return status
 
 
 # ---------------------------------------------------------------------------- well-behaved clients
@@ -170,10 +82,12 @@ class Figures:
 
 def read_exchange(tid: int, unit: int, address: int, count: int) -> tuple[bytes, bytes]:
     """A holding-register read and the device's exact answer to it."""
-    request = build_adu(tid, unit, struct.pack(">BHH", READ_HOLDING_REGISTERS, address, count))
+    request = read_request(tid, unit, address, count)
     values = [holding_register_value(unit, address + k) for k in range(count)]
     answer = build_adu(
-        tid, unit, struct.pack(f">BB{count}H", READ_HOLDING_REGISTERS, 2 * count, *values)
+        tid,
+        unit,
+        struct.pack(f">BB{count}H", FunctionCode.READ_HOLDING_REGISTERS, 2 * count, *values),
     )
     return request, answer
 
@@ -443,7 +357,7 @@ def target_config(options: Options) -> TargetConfig:
 
 
 async def sampler(
-    mux: Multiplexer, samples: list[Sample], stop: asyncio.Event, every: float
+    mux: MultiplexerProcess, samples: list[Sample], stop: asyncio.Event, every: float
 ) -> None:
     while mux.running and not stop.is_set():
         with contextlib.suppress(OSError):
@@ -458,7 +372,7 @@ async def soak(options: Options) -> Result:
     samples: list[Sample] = []
     lost_after = 2 * options.timeout
     async with TargetServer(target_config(options)) as target:
-        mux = Multiplexer(
+        mux = MultiplexerProcess(
             [
                 "-p",
                 "modbus",

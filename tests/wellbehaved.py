@@ -39,11 +39,10 @@ from types import TracebackType
 from typing import Final, Protocol, Self
 
 from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, build_adu
+from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, FunctionCode, build_adu, read_request
 from tcp_multiplexer.targets import holding_register_value
 from tests.helpers import LOOPBACK, eventually
 
-READ_HOLDING_REGISTERS: Final = 3
 FIRST_PHASE: Final = "start"
 DEFAULT_CLIENTS: Final = 5
 
@@ -79,14 +78,12 @@ class ModbusExchange:
         tid = (self.tid_base + seq) & 0xFFFF
         address = self.base + seq % 32
         count = 1 + seq % 5
-        request = build_adu(
-            tid, self.unit, struct.pack(">BHH", READ_HOLDING_REGISTERS, address, count)
-        )
+        request = read_request(tid, self.unit, address, count)
         values = [holding_register_value(self.unit, address + k) for k in range(count)]
         answer = build_adu(
             tid,
             self.unit,
-            struct.pack(f">BB{count}H", READ_HOLDING_REGISTERS, 2 * count, *values),
+            struct.pack(f">BB{count}H", FunctionCode.READ_HOLDING_REGISTERS, 2 * count, *values),
         )
         return request, answer
 
@@ -95,7 +92,9 @@ class ModbusExchange:
             return None
         tid = int.from_bytes(request[:2], "big")
         code = reply[8]
-        own = build_adu(tid, self.unit, bytes((READ_HOLDING_REGISTERS | EXCEPTION_FLAG, code)))
+        own = build_adu(
+            tid, self.unit, bytes((FunctionCode.READ_HOLDING_REGISTERS | EXCEPTION_FLAG, code))
+        )
         return code if reply == own else None
 
     async def read_reply(self, reader: asyncio.StreamReader) -> bytes:
