@@ -141,7 +141,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._corked.append(wire)
         if self._codec.request_ends_connection(payload):
             self._draining = True
-        if self._timer is None:
+        timer = self._timer
+        if timer is None or timer.when() > request.deadline:
+            # Usually armed already for an earlier, sooner deadline; an idle-limit timer
+            # may be later than this answer's deadline, though.
+            if timer is not None:
+                timer.cancel()
             self._timer = self._loop.call_at(request.deadline, self._on_timer)
 
     def cork(self) -> None:

@@ -316,3 +316,25 @@ async def test_late_modbus_answer_is_dropped_and_the_next_request_gets_its_own()
         assert target.stats.accepted == 1
         assert target.stats.answers == 3
         assert dict(mux.metrics.failures) == {"timeout": 1}
+
+
+async def test_answer_timeout_is_kept_when_an_idle_limit_is_armed() -> None:
+    """With --max-idle much longer than --timeout, the idle timer is armed when a request
+    is sent; the request must still time out after --timeout, not at the idle limit."""
+    loop = asyncio.get_running_loop()
+    target_config = TargetConfig(protocol=ProtocolName.MODBUS, faults=((Fault.NO_ANSWER, 1.0),))
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        TargetServer(target_config) as target,
+        running_multiplexer(
+            mux_config(
+                target.port, protocol=ProtocolName.MODBUS, timeout=ANSWER_TIMEOUT, max_idle=30.0
+            )
+        ) as mux,
+        open_client(mux.port) as (reader, writer),
+    ):
+        await wait_for_target_connection(mux)
+        started = loop.time()
+        writer.write(read_request(0x0B0B, 3, 400))
+        assert await read_adu(reader) == exception_answer(0x0B0B, 3, GATEWAY_TARGET_FAILED)
+        assert loop.time() - started < ANSWER_TIMEOUT + 1.0
