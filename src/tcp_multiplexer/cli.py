@@ -191,8 +191,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         type=_count(1),
         default=DEFAULT_QUEUE_SIZE,
         metavar="N",
-        help="requests that may wait for a free target connection; when full, clients are "
-        "not read from until room frees (default: 32)",
+        help="requests that may wait for a free target connection; when full, a client that "
+        "adds a second waiting request is not read from until room frees (each client may "
+        "always queue one) (default: 32)",
     )
     pool.add_argument(
         "--client-backlog",
