@@ -16,7 +16,7 @@ Well-behaved clients (`--clients`, in pairs reading the same registers, so ident
 reads may be coalesced) each ask one read at a time and check every answer: their own
 transaction and unit id and the device's exact register values, or a gateway exception
 answer (0x06, 0x0A, 0x0B) with their own ids. Anything else is a wrong answer. A request
-without any answer within 2 x --timeout is lost (the longest a request may take by
+without any answer within 2 x --timeout (+ LOST_SLACK) is lost (the longest a request may take by
 design: --timeout waiting for a free target connection, then --timeout for the answer);
 the client then reconnects. Meanwhile a trickle of hostile clients connects: garbage,
 oversized headers, half requests, requests abandoned before their answer, silent
@@ -55,6 +55,9 @@ from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, FunctionCode, build_a
 from tcp_multiplexer.targets import Fault, TargetConfig, TargetServer, holding_register_value
 
 LOOPBACK: Final = "127.0.0.1"
+LOST_SLACK: Final = 0.5
+"""Scheduling slack on top of the 2 x --timeout a request may take by design: a busy
+2-core machine can delay a timer by tens of milliseconds."""
 GATEWAY_CODES: Final = frozenset({0x06, 0x0A, 0x0B})
 RSS_GROWTH_FRACTION: Final = 0.20
 RSS_GROWTH_KB: Final = 10 * 1024
@@ -370,7 +373,7 @@ async def sampler(
 async def soak(options: Options) -> Result:
     figures = Figures()
     samples: list[Sample] = []
-    lost_after = 2 * options.timeout
+    lost_after = 2 * options.timeout + LOST_SLACK
     async with TargetServer(target_config(options)) as target:
         mux = MultiplexerProcess(
             [
