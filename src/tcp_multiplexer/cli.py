@@ -207,7 +207,8 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         type=duration,
         default=0.0,
         metavar="DURATION",
-        help="minimum pause between two requests on one target connection (default: 0)",
+        help="minimum quiet time on one target connection between an answer (or request) "
+        "and the next request (default: 0)",
     )
     pool.add_argument(
         "--max-idle",
