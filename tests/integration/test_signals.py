@@ -117,3 +117,38 @@ async def test_debug_logs_every_message_in_hex() -> None:
             await wait_for_line(process, rf"client #1 \S+ <- {hello}$")
             process.process.send_signal(signal.SIGTERM)
             assert await exit_status(process) == 0
+
+
+async def test_verbose_logs_a_periodic_metrics_line() -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), TargetServer(TargetConfig()) as target:
+        args = server_args(target.port, "-v", "--metrics-interval", "100ms")
+        with cli_process(args) as process:
+            port = await asyncio.to_thread(process.listening_port)
+            async with open_client(port) as client:
+                for index in range(3):
+                    line = b"metric %d\n" % index
+                    assert await echo(client, line) == line
+                match = await wait_for_line(
+                    process,
+                    r"metrics: clients=1 \(total 1\) target_connections=1 requests=3 "
+                    r"replies=3 failures=\[\] reconnects=0 "
+                    r"latency mean=(\d+\.\d+)ms p99=(\d+\.\d+)ms",
+                )
+            assert float(match.group(2)) > 0
+            process.process.send_signal(signal.SIGTERM)
+            assert await exit_status(process) == 0
+
+
+async def test_without_verbose_no_metrics_line() -> None:
+    async with asyncio.timeout(TEST_TIMEOUT), TargetServer(TargetConfig()) as target:
+        args = server_args(target.port, "--metrics-interval", "100ms")
+        with cli_process(args) as process:
+            port = await asyncio.to_thread(process.listening_port)
+            async with open_client(port) as client:
+                assert await echo(client, b"quiet\n") == b"quiet\n"
+                # Three metrics intervals pass: the time is what is under test here.
+                await asyncio.sleep(0.35)
+            process.process.send_signal(signal.SIGTERM)
+            assert await exit_status(process) == 0
+            await wait_for_line(process, r"stopped after ")
+            assert "metrics:" not in process.output()
