@@ -217,6 +217,9 @@ class UpstreamPool:
     def _connection_up(
         self, connection: UpstreamConnection, transport: asyncio.BaseTransport
     ) -> None:
+        if self._last_attempt_failed and not self._connections:
+            # The failure was a warning; so is the recovery, or a quiet log ends on an error.
+            logger.warning("target %s is reachable again", self._config.target)
         self._last_attempt_failed = False
         self._connections.append(connection)
         self._metrics.target_connections += 1
