@@ -105,6 +105,13 @@ async def poll(spec: PollerSpec, port: int, stats: PollerStats, stop: asyncio.Ev
             await writer.wait_closed()
 
 
+def _at_a_time(most_open: int, rejected: int) -> str:
+    """How the device's connections overlapped: the point of the demo is "never two"."""
+    if most_open <= 1 and not rejected:
+        return "one at a time"
+    return f"up to {most_open} at a time ({rejected} refused)"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f}ms"
 
@@ -211,7 +218,8 @@ async def run_demo(duration: float, out: TextIO) -> int:
         )
     gateway_answers = dict(multiplexer.metrics.failures)
     print(
-        f"  the device accepted {device.stats.accepted} connection(s), one at a time, and "
+        f"  the device accepted {device.stats.accepted} connection(s), "
+        f"{_at_a_time(device.stats.max_open_connections, device.stats.rejected)}, and "
         f"answered {device.stats.requests} requests for {total_answers + total_exceptions} "
         f"client answers ({multiplexer.metrics.events.get('coalesced', 0)} reads shared by "
         f"coalescing)\n"

@@ -17,8 +17,11 @@ async def test_demo_shares_one_device_connection_and_survives_its_restart() -> N
     assert status == 0, text
     assert "the inverter restarts" in text
     assert "the inverter is back" in text
-    # One connection before the restart, one after: never two at once.
-    assert "the device accepted 2 connection(s), one at a time" in text
+    # At least one connection before the restart and one after, never two at once (a
+    # reconnect racing the device's going down may add one more, still one at a time).
+    accepted = re.search(r"the device accepted (\d+) connection\(s\), one at a time", text)
+    assert accepted is not None, text
+    assert int(accepted.group(1)) >= 2
     assert "wrong answers: 0" in text
     for name in ("home-assistant", "evcc", "data-logger", "vendor-app"):
         match = re.search(rf"{name} +(\d+) correct answers, 0 wrong", text)
