@@ -34,6 +34,8 @@ DEVICE_ANSWER_DELAY: Final = 0.020
 """A typical inverter's Modbus answer time."""
 RESTART_DOWNTIME: Final = 1.5
 """How long the simulated inverter is away when it restarts halfway through."""
+DEMO_DURATION: Final = 10.0
+"""How long the demo runs unless told otherwise."""
 MIN_DURATION_FOR_RESTART: Final = 6.0
 """Shorter demos skip the restart: there would be too little before and after it."""
 
@@ -244,7 +246,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--duration",
         type=_duration,
-        default=10.0,
+        default=DEMO_DURATION,
         metavar="DURATION",
         help="how long to run (default: 10s)",
     )

@@ -32,17 +32,6 @@ class IncompleteMessage(FramingError):
     """The stream ended in the middle of a message."""
 
 
-class UpstreamError(MultiplexerError):
-    """A target connection could not carry a request."""
-
-
-class UpstreamUnavailable(UpstreamError):
-    """No target connection could be established."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The target did not answer within the request timeout."""
-
-
-class UpstreamClosed(UpstreamError):
-    """The target connection closed before the answer was complete."""
+# Target failures are not exceptions: on the callback path a request that the target
+# cannot answer gets a `FailureReason` (framing.base), which the codec turns into the
+# protocol's gateway answer. Nothing would catch an UpstreamError.

@@ -188,11 +188,6 @@ class ClientSession(asyncio.Protocol):
         """True once this client is being closed (its remaining requests are moot)."""
         return self._closing
 
-    @property
-    def outstanding(self) -> int:
-        """Requests of this client not yet answered."""
-        return len(self._outstanding)
-
     def _pause(self, reason: int) -> None:
         if not self._paused and self._transport is not None and not self._closing:
             self._transport.pause_reading()

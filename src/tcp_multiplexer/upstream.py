@@ -107,10 +107,6 @@ class UpstreamConnection(asyncio.Protocol):
                 return False
         return True
 
-    @property
-    def inflight(self) -> int:
-        return self._inflight
-
     # ------------------------------------------------------------------ sending
 
     def send(self, request: Request) -> None:
