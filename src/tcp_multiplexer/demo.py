@@ -7,7 +7,9 @@ No hardware and no arguments needed. It starts:
 - a few simulated clients (named after the usual suspects) polling registers through
   the multiplexer at once, each checking every value it gets back.
 
-Once a second it prints what happens; after `--duration` (or Ctrl-C) a summary.
+Halfway through, the inverter restarts (down for 1.5 s, as at night): the clients get
+Modbus exception answers at once instead of hanging, and the multiplexer reconnects by
+itself. Once a second it prints what happens; after `--duration` (or Ctrl-C) a summary.
 """
 
 from __future__ import annotations
