@@ -10,15 +10,14 @@ Serving happens in callbacks (upstream.py), never in these tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from typing import Final
 
 from tcp_multiplexer.backoff import Backoff
 from tcp_multiplexer.config import MAX_RECONNECT_BACKOFF, ServerConfig
 from tcp_multiplexer.dispatch import Dispatcher
 from tcp_multiplexer.framing.base import Codec
+from tcp_multiplexer.keepalive import configure_keepalive
 from tcp_multiplexer.logtext import format_peer
 from tcp_multiplexer.metrics import Metrics
 from tcp_multiplexer.spin import Spinner
@@ -29,28 +28,6 @@ logger = logging.getLogger(__name__)
 HEALTHY_CONNECTION_S: Final = 10.0
 """A connection that lived this long (or answered at all) resets the backoff: the
 target was fine, so the next connect is immediate."""
-KEEPALIVE_PROBES: Final = 3
-"""Unanswered keepalive probes before the kernel declares a connection dead."""
-
-
-def configure_target_socket(transport: asyncio.BaseTransport, health_check_interval: float) -> None:
-    """NODELAY, and TCP keepalive probing after `health_check_interval` idle seconds.
-
-    Keepalive is what finds a half-open connection (device rebooted, cable pulled)
-    that would otherwise look idle forever; EOF and resets are seen at once anyway.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if health_check_interval > 0 and hasattr(socket, "TCP_KEEPIDLE"):
-            idle = max(1, round(health_check_interval))
-            interval = max(1, round(health_check_interval / KEEPALIVE_PROBES))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 class _Slot:
@@ -167,7 +144,7 @@ class UpstreamPool:
                 self._attempt_failed(exc, delay, first=backoff.attempts == 1)
                 await asyncio.sleep(delay)
                 continue
-            configure_target_socket(transport, config.health_check_interval)
+            configure_keepalive(transport, config.health_check_interval)
             connected_at = self._loop.time()
             if config.delay:
                 await asyncio.sleep(config.delay)

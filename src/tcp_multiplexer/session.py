@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing.base import Codec
+from tcp_multiplexer.keepalive import configure_keepalive
 from tcp_multiplexer.logtext import format_peer, hex_dump
 from tcp_multiplexer.request import Request, RequestState
 
@@ -59,6 +60,7 @@ class ClientSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        configure_keepalive(transport, self._server.config.health_check_interval)
         peer = transport.get_extra_info("peername")
         self.name = f"client #{self.number} {format_peer(peer)}"
         self._server.session_opened(self)
