@@ -166,9 +166,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         type=duration,
         default=DEFAULT_HEALTH_CHECK_INTERVAL,
         metavar="DURATION",
-        help="idle time after which TCP keepalive probes target connections, so a dead "
-        "(half-open) connection is found and replaced; closes and resets are seen at once "
-        "(default: 30s)",
+        help="idle time after which TCP keepalive probes target and client connections, so "
+        "a dead (half-open) one is found: a target connection is replaced, a client's "
+        "closed; closes and resets are seen at once (default: 30s)",
     )
     pool = parser.add_argument_group("connections and queueing")
     pool.add_argument(
