@@ -45,6 +45,7 @@ the request framer offers that interim reply through `take_interim_reply`.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
@@ -120,6 +121,38 @@ _FRAMING_FIELDS: Final = frozenset(
     (b"content-length", b"transfer-encoding", b"upgrade", b"connection", b"expect")
 )
 """The only fields whose values the framers and the codec read (lower-case)."""
+
+# The usual header block (CRLF line ends, at most one Content-Length, no other framing
+# field) is validated and read by one regex match instead of line by line. Anything
+# else takes the line-by-line path, which says what is wrong with a block it rejects.
+# Each regex accepts a subset of what that path accepts and reads the same framing.
+_TOKEN_RE: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_CONTENT_LENGTH_RE: Final = rb"(?:(?i:content-length):[ \t]*([0-9]{1,19})[ \t]*\r\n"
+
+
+def _plain_fields_re(skipped: bytes) -> bytes:
+    """Field lines, the blank line included, with at most one Content-Length (a group)
+    and no field named in `skipped` (names separated by "|")."""
+    other = rb"(?!(?i:" + skipped + rb"):)" + _TOKEN_RE + rb":[^\0\r\n]*\r\n"
+    return rb"(?:" + other + rb")*" + _CONTENT_LENGTH_RE + rb"(?:" + other + rb")*)?\r\n"
+
+
+_PLAIN_REQUEST_HEAD: Final = re.compile(
+    rb"(?!CONNECT )"
+    + _TOKEN_RE
+    + rb" [\x21-\x7e]+ HTTP/1\.[0-9]\r\n"
+    + _plain_fields_re(b"content-length|transfer-encoding|upgrade|expect")
+)
+"""A request header block, not CONNECT: group Content-Length (None without one)."""
+_PLAIN_RESPONSE_HEAD: Final = re.compile(
+    rb"HTTP/1\.[0-9] ([0-9]{3})(?: [^\0\r\n]*)?\r\n"
+    + _plain_fields_re(b"content-length|transfer-encoding")
+)
+"""A response header block: groups status and Content-Length (None without one)."""
+_FRAMING_FIELD_NAME: Final = re.compile(
+    rb"\n(" + b"|".join(sorted(_FRAMING_FIELDS)) + rb"):", re.IGNORECASE
+)
+"""A framing field's name, at the start of a line of a validated header block."""
 
 
 class _HttpFramer(ABC):
@@ -366,6 +399,10 @@ class HttpRequestFramer(_HttpFramer):
         return HTTP_CONTINUE
 
     def _parse_head(self, block: bytes) -> tuple[int, int]:
+        plain = _PLAIN_REQUEST_HEAD.fullmatch(block)
+        if plain is not None:
+            self._continue_due = False
+            return (_NO_BODY, 0) if plain[1] is None else (_FIXED, int(plain[1]))
         lines = _head_lines(block)
         method = _request_method(lines[0])
         if method == b"CONNECT":
@@ -423,11 +460,16 @@ class HttpResponseFramer(_HttpFramer):
     def _parse_head(self, block: bytes) -> tuple[int, int]:
         if not self._head_requests:
             raise MalformedMessage(_PROTOCOL, "response without an outstanding request")
-        lines = _head_lines(block)
-        status = _status_code(lines[0])
-        # Framing fields are validated even where they are ignored: a target that
-        # sends a malformed one is not one whose framing can be trusted.
-        framing, length = _body_framing(_framing_fields(lines[1:]))
+        plain = _PLAIN_RESPONSE_HEAD.fullmatch(block)
+        if plain is not None:
+            status = int(plain[1])
+            framing, length = (_UNDELIMITED, 0) if plain[2] is None else (_FIXED, int(plain[2]))
+        else:
+            lines = _head_lines(block)
+            status = _status_code(lines[0])
+            # Framing fields are validated even where they are ignored: a target that
+            # sends a malformed one is not one whose framing can be trusted.
+            framing, length = _body_framing(_framing_fields(lines[1:]))
         if status < 200:
             if status == 101:
                 raise MalformedMessage(_PROTOCOL, "101 Switching Protocols: Upgrade not supported")
@@ -524,6 +566,16 @@ def _framing_fields(lines: Iterable[bytes]) -> dict[bytes, list[bytes]]:
     return fields
 
 
+def _named_framing_fields(block: bytes) -> dict[bytes, list[bytes]]:
+    """The values of `_FRAMING_FIELDS` by lower-case name, from a valid header block."""
+    fields: dict[bytes, list[bytes]] = {}
+    for name in _FRAMING_FIELD_NAME.finditer(block):
+        value_start = name.end()
+        value = block[value_start : block.index(b"\n", value_start)].strip(b" \t\r")
+        fields.setdefault(name[1].lower(), []).append(value)
+    return fields
+
+
 def _field_line_error(line: bytes) -> str:
     if line[:1] in (b" ", b"\t"):
         problem = "obsolete line folding"
@@ -598,9 +650,8 @@ def _header_block(message: bytes) -> bytes:
 
 
 def _message_head(block: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
-    """The start line and framing fields of a header block."""
-    lines = _head_lines(block)
-    return lines[0], _framing_fields(lines[1:])
+    """The start line and framing fields of a header block a framer has validated."""
+    return block[: block.index(b"\n")].removesuffix(b"\r"), _named_framing_fields(block)
 
 
 def _final_header_block(reply: bytes) -> bytes:
@@ -687,12 +738,13 @@ class HttpCodec:
     def request_ends_connection(self, request: bytes) -> bool:
         """True for `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`."""
         block = _header_block(request)
-        if b"connection" not in block.lower():
-            # Most requests have no Connection field: one substring test spares parsing
-            # every field line again on the per-request path; the version decides.
-            return block.split(b"\n", 1)[0].rstrip(b"\r").endswith(b" HTTP/1.0")
-        line, fields = _message_head(block)
-        return _ends_connection(line[-8:], fields)
+        line = block[: block.index(b"\n")].removesuffix(b"\r")
+        http_10 = line.endswith(b" HTTP/1.0")
+        if not http_10 and b"close" not in block.lower():
+            # The usual request: only a "close" token ends an HTTP/1.1 connection, so
+            # one substring test spares reading its fields again on the per-request path.
+            return False
+        return _ends_connection(line[-8:], _named_framing_fields(block))
 
     def reply_ends_connection(self, reply: bytes) -> bool:
         """True for `Connection: close`, HTTP/1.0 without keep-alive, or a close-delimited

@@ -1,0 +1,174 @@
+"""The one-regex reading of a usual header block agrees with the line-by-line reading.
+
+The framers try `_PLAIN_REQUEST_HEAD` / `_PLAIN_RESPONSE_HEAD` first and fall back to
+reading the block line by line. Hypothesis writes header blocks from pieces that are
+valid, nearly valid and invalid (bare LF, bare CR, NUL, whitespace before a colon,
+repeated or malformed Content-Length, Transfer-Encoding, Upgrade, Expect, CONNECT, bad
+start lines); each block is read once as the framers do and once with the fast path
+switched off. Both readings must give the same framing, or the same error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.framing import http1
+from tcp_multiplexer.framing.http1 import HttpRequestFramer, HttpResponseFramer
+
+EXAMPLES = settings(max_examples=400, deadline=None)
+NEVER: re.Pattern[bytes] = re.compile(rb"(?!)")
+
+EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r\r\n"])
+"""Mostly CRLF, so that most blocks are one slip away from the usual shape."""
+OTHER_NAMES = st.sampled_from(
+    [b"Host", b"Accept", b"X-Content-Length", b"Content-Lengths", b"Connection", b"Expect"]
+)
+BAD_NAMES = st.sampled_from([b"Bad Name", b"Content-Length ", b" Folded", b"", b"X\x00"])
+LENGTH_NAMES = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"])
+LENGTH_VALUES = st.sampled_from(
+    [b"5", b"0", b"05", b" 5 ", b"\t7", b"5, 5", b"5,6", b"", b"abc", b"-1", b"1" * 19, b"1" * 20]
+)
+OTHER_VALUES = st.sampled_from(
+    [
+        b"text",
+        b"",
+        b"keep-alive",
+        b"close",
+        b"100-continue",
+        b"chunked",
+        b"caf\xc3\xa9",
+        b"x:y",
+        b"a\rb",
+        b"a\x00b",
+    ]
+)
+FIELDS = st.one_of(
+    st.tuples(OTHER_NAMES, OTHER_VALUES),
+    st.tuples(LENGTH_NAMES, LENGTH_VALUES),
+    st.tuples(st.sampled_from([b"Transfer-Encoding", b"Upgrade"]), OTHER_VALUES),
+    st.tuples(BAD_NAMES, OTHER_VALUES),
+)
+REQUEST_LINES = st.sampled_from(
+    [
+        b"GET / HTTP/1.1",
+        b"POST /upload?x=1 HTTP/1.1",
+        b"HEAD * HTTP/1.0",
+        b"PUT /a HTTP/1.9",
+        b"CONNECT example.test:443 HTTP/1.1",
+        b"GET  / HTTP/1.1",
+        b"GET / HTTP/2.0",
+        b"GET /\x7f HTTP/1.1",
+        b"G(T / HTTP/1.1",
+        b"GET / HTTP/1.1 ",
+        b"GET /",
+    ]
+)
+STATUS_LINES = st.sampled_from(
+    [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200",
+        b"HTTP/1.1 200 ",
+        b"HTTP/1.0 404 Not Found",
+        b"HTTP/1.1 204 No Content",
+        b"HTTP/1.1 304 Not Modified",
+        b"HTTP/1.1 100 Continue",
+        b"HTTP/1.1 101 Switching Protocols",
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 2000 OK",
+        b"HTTP/1.1 200 O\x00K",
+        b"HTTP/1.1 200 O\rK",
+        b"HTTP/2 200 OK",
+    ]
+)
+
+
+def usually(common: bytes, others: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """`common` or one of `others`."""
+    return st.one_of(st.just(common), others)
+
+
+@st.composite
+def header_blocks(draw: st.DrawFn, start_lines: st.SearchStrategy[bytes]) -> bytes:
+    """A start line, up to five field lines and the blank line, each with its own end."""
+    lines = [draw(start_lines)]
+    for _ in range(draw(st.integers(0, 5))):
+        name, value = draw(FIELDS)
+        lines.append(name + b":" + draw(st.sampled_from([b"", b" ", b" ", b"\t"])) + value)
+    return b"".join(line + draw(EOLS) for line in lines) + draw(EOLS)
+
+
+@contextmanager
+def fast_path_off() -> Iterator[None]:
+    saved = http1._PLAIN_REQUEST_HEAD, http1._PLAIN_RESPONSE_HEAD
+    http1._PLAIN_REQUEST_HEAD = http1._PLAIN_RESPONSE_HEAD = NEVER
+    try:
+        yield
+    finally:
+        http1._PLAIN_REQUEST_HEAD, http1._PLAIN_RESPONSE_HEAD = saved
+
+
+def outcome(read: Callable[[], object]) -> object:
+    """What reading gives: its result, or the error's type and message."""
+    try:
+        return read()
+    except FramingError as error:
+        return type(error), str(error)
+
+
+def read_request(block: bytes) -> object:
+    framer = HttpRequestFramer()
+    # Framing and whether 100 Continue is due: everything _parse_head decides.
+    return outcome(lambda: (framer._parse_head(block), framer._continue_due))
+
+
+def read_response(block: bytes, request: bytes) -> object:
+    framer = HttpResponseFramer()
+    framer.expect_response(request)
+    return outcome(lambda: (framer._parse_head(block), len(framer._head_requests)))
+
+
+@EXAMPLES
+@given(block=header_blocks(usually(b"GET / HTTP/1.1", REQUEST_LINES)))
+@example(block=b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+@example(block=b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+def test_request_fast_path_reads_as_the_line_by_line_path(block: bytes) -> None:
+    fast = read_request(block)
+    with fast_path_off():
+        slow = read_request(block)
+    assert fast == slow
+
+
+@EXAMPLES
+@given(
+    block=header_blocks(usually(b"HTTP/1.1 200 OK", STATUS_LINES)),
+    request=st.sampled_from([b"GET / HTTP/1.1\r\n\r\n", b"HEAD / HTTP/1.1\r\n\r\n"]),
+)
+@example(
+    block=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n",
+    request=b"GET / HTTP/1.1\r\n\r\n",
+)
+def test_response_fast_path_reads_as_the_line_by_line_path(block: bytes, request: bytes) -> None:
+    fast = read_response(block, request)
+    with fast_path_off():
+        slow = read_response(block, request)
+    assert fast == slow
+
+
+def test_the_usual_blocks_take_the_fast_path() -> None:
+    """The loadgen's and curl's requests and a usual response match the regexes."""
+    assert http1._PLAIN_REQUEST_HEAD.fullmatch(
+        b"GET /c1/n2 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: loadgen\r\n"
+        b"Accept: */*\r\nConnection: keep-alive\r\n\r\n"
+    )
+    assert http1._PLAIN_REQUEST_HEAD.fullmatch(
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Type: a/b\r\n\r\n"
+    )
+    assert http1._PLAIN_RESPONSE_HEAD.fullmatch(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+    )
