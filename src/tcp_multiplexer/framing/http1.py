@@ -241,9 +241,13 @@ class _HttpFramer(ABC):
             return [message]
         return buffer.eof_without_message(_PROTOCOL)
 
+    _plain_head: re.Pattern[bytes]
+    """The usual header block, which needs no line-by-line reading."""
+
     @abstractmethod
-    def _parse_head(self, block: bytes) -> tuple[int, int]:
-        """Validate a header block; return its body framing and Content-Length."""
+    def _parse_head(self, plain: re.Match[bytes] | None, block: bytes) -> tuple[int, int]:
+        """The body framing and Content-Length of a header block: `plain` if it matched
+        `_plain_head`, else `block`, which is validated line by line."""
 
     def _frame(self, source: bytes | bytearray) -> tuple[list[bytes], int]:
         """Cut every complete message from the front of `source`.
@@ -265,17 +269,28 @@ class _HttpFramer(ABC):
             if state == _HEAD:
                 if head_start == size:
                     break
-                end = _blank_line_end(source, scan)
-                # Measured from the message start, so interim header blocks count too.
-                if end < 0:
-                    if size - start > max_header:
-                        raise _too_large(_head_kind(start, head_start), size - start, max_header)
-                    # The blank line may begin in the last two bytes ("\n\r" + "\n").
-                    scan = max(head_start, size - 2)
-                    break
+                # One attempt per header block, when its first bytes come in: the usual
+                # block arrives whole. Later attempts would rescan what trickles in.
+                plain = self._plain_head.match(source, head_start) if scan == head_start else None
+                if plain is not None:
+                    # The match ends at the first blank line, where the search would.
+                    end = plain.end()
+                    block = b""
+                else:
+                    end = _blank_line_end(source, scan)
+                    # Measured from the message start, so interim header blocks count too.
+                    if end < 0:
+                        if size - start > max_header:
+                            raise _too_large(
+                                _head_kind(start, head_start), size - start, max_header
+                            )
+                        # The blank line may begin in the last two bytes ("\n\r" + "\n").
+                        scan = max(head_start, size - 2)
+                        break
+                    block = bytes(source[head_start:end])
                 if end - start > max_header:
                     raise _too_large(_head_kind(start, head_start), end - start, max_header)
-                framing, length = self._parse_head(bytes(source[head_start:end]))
+                framing, length = self._parse_head(plain, block)
                 body_start = end
                 if framing == _INTERIM:
                     head_start = scan = end
@@ -398,8 +413,9 @@ class HttpRequestFramer(_HttpFramer):
         self._continue_due = False
         return HTTP_CONTINUE
 
-    def _parse_head(self, block: bytes) -> tuple[int, int]:
-        plain = _PLAIN_REQUEST_HEAD.fullmatch(block)
+    _plain_head = _PLAIN_REQUEST_HEAD
+
+    def _parse_head(self, plain: re.Match[bytes] | None, block: bytes) -> tuple[int, int]:
         if plain is not None:
             self._continue_due = False
             return (_NO_BODY, 0) if plain[1] is None else (_FIXED, int(plain[1]))
@@ -457,10 +473,11 @@ class HttpResponseFramer(_HttpFramer):
         """None: the multiplexer never answers a target."""
         return None
 
-    def _parse_head(self, block: bytes) -> tuple[int, int]:
+    _plain_head = _PLAIN_RESPONSE_HEAD
+
+    def _parse_head(self, plain: re.Match[bytes] | None, block: bytes) -> tuple[int, int]:
         if not self._head_requests:
             raise MalformedMessage(_PROTOCOL, "response without an outstanding request")
-        plain = _PLAIN_RESPONSE_HEAD.fullmatch(block)
         if plain is not None:
             status = int(plain[1])
             framing, length = (_UNDELIMITED, 0) if plain[2] is None else (_FIXED, int(plain[2]))
