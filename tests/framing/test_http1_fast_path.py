@@ -12,15 +12,15 @@ the same error.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing import http1
-from tcp_multiplexer.framing.http1 import HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.framing.http1 import HttpCodec, HttpRequestFramer, HttpResponseFramer
 
 EXAMPLES = settings(max_examples=400, deadline=None)
 NEVER: re.Pattern[bytes] = re.compile(rb"(?!)")
@@ -28,7 +28,17 @@ NEVER: re.Pattern[bytes] = re.compile(rb"(?!)")
 EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r\r\n"])
 """Mostly CRLF, so that most blocks are one slip away from the usual shape."""
 OTHER_NAMES = st.sampled_from(
-    [b"Host", b"Accept", b"X-Content-Length", b"Content-Lengths", b"Connection", b"Expect"]
+    [
+        b"Host",
+        b"Accept",
+        b"Cache-Control",
+        b"X-Content-Length",
+        b"Content-Lengths",
+        b"Connection",
+        b"connection",
+        b"Connections",
+        b"Expect",
+    ]
 )
 BAD_NAMES = st.sampled_from([b"Bad Name", b"Content-Length ", b" Folded", b"", b"X\x00"])
 LENGTH_NAMES = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"])
@@ -40,7 +50,11 @@ OTHER_VALUES = st.sampled_from(
         b"text",
         b"",
         b"keep-alive",
+        b"Keep-Alive",
+        b"keep-alive ",
+        b"keep-alive, close",
         b"close",
+        b"Upgrade",
         b"100-continue",
         b"chunked",
         b"caf\xc3\xa9",
@@ -160,6 +174,59 @@ def test_response_fast_path_reads_as_the_line_by_line_path(block: bytes, request
     assert fast == slow
 
 
+@contextmanager
+def kept_open_fast_path_off() -> Iterator[None]:
+    saved = http1._KEPT_OPEN_REQUEST, http1._KEPT_OPEN_RESPONSE
+    http1._KEPT_OPEN_REQUEST = http1._KEPT_OPEN_RESPONSE = NEVER
+    try:
+        yield
+    finally:
+        http1._KEPT_OPEN_REQUEST, http1._KEPT_OPEN_RESPONSE = saved
+
+
+def ends_connection(read: Callable[[bytes], bool], message: bytes) -> object:
+    try:
+        return read(message)
+    except ValueError as error:  # a block of interim responses only: no final head
+        return str(error)
+
+
+@EXAMPLES
+@given(block=header_blocks(usually(b"GET / HTTP/1.1", REQUEST_LINES)))
+@example(block=b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+@example(block=b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+def test_request_ends_connection_reads_as_the_field_by_field_path(block: bytes) -> None:
+    """The codec reads heads the request framer accepted (only the head matters)."""
+    try:
+        HttpRequestFramer().feed(block)
+    except FramingError:
+        assume(False)
+    codec = HttpCodec()
+    fast = ends_connection(codec.request_ends_connection, block)
+    with kept_open_fast_path_off():
+        slow = ends_connection(codec.request_ends_connection, block)
+    assert fast == slow
+
+
+@EXAMPLES
+@given(block=header_blocks(usually(b"HTTP/1.1 200 OK", STATUS_LINES)))
+@example(block=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+@example(block=b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n")
+def test_reply_ends_connection_reads_as_the_field_by_field_path(block: bytes) -> None:
+    """The codec reads heads the response framer accepted (only the head matters)."""
+    framer = HttpResponseFramer()
+    framer.expect_response(b"GET / HTTP/1.1\r\n\r\n")
+    try:
+        framer.feed(block)
+    except FramingError:
+        assume(False)
+    codec = HttpCodec()
+    fast = ends_connection(codec.reply_ends_connection, block)
+    with kept_open_fast_path_off():
+        slow = ends_connection(codec.reply_ends_connection, block)
+    assert fast == slow
+
+
 def test_the_usual_blocks_take_the_fast_path() -> None:
     """The loadgen's and curl's requests and a usual response match the regexes."""
     assert http1._PLAIN_REQUEST_HEAD.fullmatch(
@@ -169,6 +236,9 @@ def test_the_usual_blocks_take_the_fast_path() -> None:
     assert http1._PLAIN_REQUEST_HEAD.fullmatch(
         b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Type: a/b\r\n\r\n"
     )
-    assert http1._PLAIN_RESPONSE_HEAD.fullmatch(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
+    assert http1._PLAIN_RESPONSE_HEAD.fullmatch(response)
+    assert http1._KEPT_OPEN_RESPONSE.match(response)
+    assert http1._KEPT_OPEN_REQUEST.match(
+        b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n"
     )

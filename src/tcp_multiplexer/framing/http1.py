@@ -149,6 +149,21 @@ _PLAIN_RESPONSE_HEAD: Final = re.compile(
     + _plain_fields_re(b"content-length|transfer-encoding")
 )
 """A response header block: groups status and Content-Length (None without one)."""
+_KEEP_ALIVE_FIELDS_RE: Final = (
+    rb"(?:[^cC\r\n][^\n]*\n|(?!(?i:connection):)[cC][^\n]*\n"
+    rb"|(?i:connection:[ \t]*keep-alive[ \t]*)\r\n)*\r\n"
+)
+"""Field lines of a validated block whose Connection fields, if any, say only
+keep-alive; then a CRLF blank line. (A line is never empty before the blank line and
+holds no bare CR, so ``[^\\n]*\\n`` reads one whole line.)"""
+_KEPT_OPEN_REQUEST: Final = re.compile(rb"[^ ]+ [^ ]+ HTTP/1\.1\r\n" + _KEEP_ALIVE_FIELDS_RE)
+"""The usual request head: HTTP/1.1 that does not ask to close."""
+_KEPT_OPEN_RESPONSE: Final = re.compile(
+    rb"HTTP/1\.1 [2-9][0-9][0-9][^\n]*\n"
+    rb"(?=(?:[^\r\n][^\n]*\n)*?(?i:content-length|transfer-encoding):)" + _KEEP_ALIVE_FIELDS_RE
+)
+"""The usual final response head: HTTP/1.1 that does not ask to close, with its body
+delimited by Content-Length or chunked coding."""
 _FRAMING_FIELD_NAME: Final = re.compile(
     rb"\n(" + b"|".join(sorted(_FRAMING_FIELDS)) + rb"):", re.IGNORECASE
 )
@@ -754,13 +769,10 @@ class HttpCodec:
 
     def request_ends_connection(self, request: bytes) -> bool:
         """True for `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`."""
+        if _KEPT_OPEN_REQUEST.match(request) is not None:
+            return False
         block = _header_block(request)
         line = block[: block.index(b"\n")].removesuffix(b"\r")
-        http_10 = line.endswith(b" HTTP/1.0")
-        if not http_10 and b"close" not in block.lower():
-            # The usual request: only a "close" token ends an HTTP/1.1 connection, so
-            # one substring test spares reading its fields again on the per-request path.
-            return False
         return _ends_connection(line[-8:], _named_framing_fields(block))
 
     def reply_ends_connection(self, reply: bytes) -> bool:
@@ -773,15 +785,9 @@ class HttpCodec:
         Content-Length is taken as close-delimited too: retiring a connection that could
         have stayed is safe, reusing one the target is about to close is not.
         """
+        if _KEPT_OPEN_RESPONSE.match(reply) is not None:
+            return False
         block = _final_header_block(reply)
-        lower = block.lower()
-        if b"\nconnection" not in lower and block.startswith(b"HTTP/1.1 "):
-            # Fast path for the usual reply: HTTP/1.1 without a Connection field. The
-            # framer validated every field line, so a field name starts right after a
-            # line feed and ends at a colon.
-            if block[9:12] in (b"204", b"304"):
-                return False
-            return b"\ncontent-length:" not in lower and b"\ntransfer-encoding:" not in lower
         line, fields = _message_head(block)
         if _ends_connection(line[:8], fields):
             return True
