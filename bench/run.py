@@ -40,6 +40,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -347,16 +348,42 @@ def find(rows: Sequence[Row], **want: Any) -> Row | None:
     return None
 
 
-def target_share(r: Row | None) -> str:
+def target_share(r: Row | None) -> float | None:
     """Requests the target saw per answer the clients got (below 1: reads coalesced)."""
     if r is None or "target_requests" not in r:
-        return "-"
+        return None
     asked = int(r.get("requests", 0)) + int(r.get("warmup_requests", 0))
-    return fnum(ratio(float(r["target_requests"]), float(asked)))
+    return ratio(float(r["target_requests"]), float(asked))
+
+
+def median(values: Iterable[float | None]) -> float | None:
+    """The median of the values measured (None where a run gave none)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def fspread(values: Sequence[float | None]) -> str:
+    """Median, and the range over the runs when there were several: 0.61 (0.58-0.66)."""
+    known = [v for v in values if v is not None]
+    if len(known) < 2:
+        return fnum(median(known))
+    return f"{fnum(median(known))} ({min(known):.2f}-{max(known):.2f})"
+
+
+def err_sum(rows: Iterable[Row | None]) -> str:
+    known = [r for r in rows if r is not None]
+    if not known:
+        return "-"
+    return f"{sum(int(r['errors']) for r in known)}/{sum(int(r['mismatches']) for r in known)}"
 
 
 def rps_of(r: Row | None) -> float | None:
     return None if r is None else float(r.get("rps", 0.0))
+
+
+def one_conn_rps(rows: Sequence[Row]) -> float | None:
+    """The one-connection limit of a run: one client on one direct connection."""
+    return rps_of(find(rows, case="main", variant="direct", clients=1))
 
 
 # ---------------------------------------------------------------- plan
@@ -372,6 +399,7 @@ class Plan:
     soak_seconds: float
     dur: float
     warmup: float
+    repeat: int
 
 
 def make_plan(args: argparse.Namespace, go: bool) -> Plan:
@@ -395,6 +423,7 @@ def make_plan(args: argparse.Namespace, go: bool) -> Plan:
         soak_seconds=args.soak_seconds if args.soak_seconds is not None else soak,
         dur=args.dur if args.dur is not None else dur,
         warmup=warmup,
+        repeat=args.repeat if args.repeat is not None else (1 if args.quick else 3),
     )
 
 
@@ -416,7 +445,8 @@ class Bench:
     ports: Ports = field(default_factory=Ports)
     sections: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    rows_a: dict[str, list[Row]] = field(default_factory=dict)
+    rows_a: dict[str, list[list[Row]]] = field(default_factory=dict)
+    """Section a's rows per mode, one list per run."""
     raw: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------ helpers
@@ -716,80 +746,107 @@ class Bench:
             "the target did less work than the clients asked for.",
             "",
         ]
+        repeat = self.plan.repeat
+        if repeat > 1:
+            parts += [
+                f"Each mode ran {repeat} times, one after the other. Every ratio is taken "
+                "within one run (project and direct side by side); the table shows the "
+                "median over the runs and, in brackets, the lowest and highest. Answers/s "
+                "and latencies are medians; errors are summed over the runs.",
+                "",
+            ]
         body = []
         for mode, clients in self.plan.table:
             variants = ["direct", "project"]
             if mode == "modbus" and self.modbus_proxy is not None:
                 variants.insert(1, "modbus-proxy")
-            rows = self.table_run(f"a-{mode}", mode, clients, variants)
-            self.rows_a[mode] = rows
-            one = rps_of(find(rows, case="main", variant="direct", clients=1))
+            runs = [
+                self.table_run(
+                    f"a-{mode}" + (f"-run{index + 1}" if repeat > 1 else ""),
+                    mode,
+                    clients,
+                    variants,
+                )
+                for index in range(repeat)
+            ]
+            self.rows_a[mode] = runs
+            ones = [one_conn_rps(rows) for rows in runs]
             for c in clients:
-                d = find(rows, case="main", variant="direct", clients=c)
-                p = find(rows, case="main", variant="project", clients=c)
-                r1 = ratio(rps_of(p), one)
+                ds = [find(rows, case="main", variant="direct", clients=c) for rows in runs]
+                ps = [find(rows, case="main", variant="project", clients=c) for rows in runs]
+                r1s = [ratio(rps_of(p), one) for p, one in zip(ps, ones, strict=True)]
+                r1 = median(r1s)
                 goal = GOAL_1CONN.get(c)
-                p99 = None if p is None else int(p["p99_us"])
+                p99 = median(None if p is None else float(p["p99_us"]) for p in ps)
                 p99_goal = GOAL_P99_US.get(c)
+                p50 = median(None if p is None else float(p["p50_us"]) for p in ps)
                 body.append(
                     [
                         mode,
                         str(c),
-                        frps(one),
-                        frps(rps_of(d)),
-                        frps(rps_of(p)),
-                        fnum(ratio(rps_of(p), rps_of(d))),
-                        fnum(r1),
+                        frps(median(ones)),
+                        frps(median(rps_of(d) for d in ds)),
+                        frps(median(rps_of(p) for p in ps)),
+                        fnum(
+                            median(ratio(rps_of(p), rps_of(d)) for p, d in zip(ps, ds, strict=True))
+                        ),
+                        fspread(r1s),
                         f">= {goal:.2f}" if goal else "-",
                         met(None if goal is None or r1 is None else r1 >= goal),
-                        "-" if p is None else str(p["p50_us"]),
-                        "-" if p99 is None else str(p99),
+                        "-" if p50 is None else f"{p50:.0f}",
+                        "-" if p99 is None else f"{p99:.0f}",
                         f"<= {p99_goal}" if p99_goal else "-",
                         met(None if p99_goal is None or p99 is None else p99 <= p99_goal),
-                        "-" if p is None else f"{p['errors']}/{p['mismatches']}",
-                        target_share(p),
+                        err_sum(ps),
+                        fnum(median(target_share(p) for p in ps)),
                     ]
                 )
         headers = ["mode", "clients", "1conn rps", "direct rps", "project rps", "/direct"]
         headers += ["/1conn", "goal", "met", "p50 us", "p99 us", "p99 goal", "met"]
         headers += ["err/mism", "target req/answer"]
         parts.append(md_table(headers, body))
-        echo = self.rows_a.get("echo")
+        echo_runs = self.rows_a.get("echo")
         others = [m for m in ("http", "iso8583") if m in self.rows_a]
-        if echo and others:
+        if echo_runs and others:
             parts += [
                 "",
                 "### http and iso8583 against echo",
                 "",
                 "Goal: at least 0.8 of the echo figures. `/1conn vs echo` = (project /1conn "
                 "of the mode) / (project /1conn of echo), each against its own direct "
-                "one-connection limit (the goal's measure); `rps vs echo` compares raw "
-                "answers/s, which also includes the Go target's own cost per protocol.",
+                "one-connection limit (the goal's measure), run k of the mode against run k "
+                "of echo; `rps vs echo` compares raw answers/s, which also includes the Go "
+                "target's own cost per protocol.",
                 "",
             ]
-            echo_one = rps_of(find(echo, case="main", variant="direct", clients=1))
             body2 = []
-            for mode in others:
-                rows = self.rows_a[mode]
-                one = rps_of(find(rows, case="main", variant="direct", clients=1))
-                for _m, clients in self.plan.table:
-                    if _m != mode:
-                        continue
-                    for c in clients:
+            for mode, clients in self.plan.table:
+                if mode not in others:
+                    continue
+                pairs = list(zip(self.rows_a[mode], echo_runs, strict=False))
+                for c in clients:
+                    mode_r1s, echo_r1s, rels, raw = [], [], [], []
+                    for rows, echo in pairs:
                         prps = rps_of(find(rows, case="main", variant="project", clients=c))
                         erps = rps_of(find(echo, case="main", variant="project", clients=c))
-                        rel = ratio(ratio(prps, one), ratio(erps, echo_one))
-                        body2.append(
-                            [
-                                mode,
-                                str(c),
-                                fnum(ratio(prps, one)),
-                                fnum(ratio(erps, echo_one)),
-                                fnum(rel),
-                                fnum(ratio(prps, erps)),
-                                met(None if rel is None else rel >= GOAL_VS_ECHO),
-                            ]
-                        )
+                        mode_r1 = ratio(prps, one_conn_rps(rows))
+                        echo_r1 = ratio(erps, one_conn_rps(echo))
+                        mode_r1s.append(mode_r1)
+                        echo_r1s.append(echo_r1)
+                        rels.append(ratio(mode_r1, echo_r1))
+                        raw.append(ratio(prps, erps))
+                    rel = median(rels)
+                    body2.append(
+                        [
+                            mode,
+                            str(c),
+                            fnum(median(mode_r1s)),
+                            fnum(median(echo_r1s)),
+                            fspread(rels),
+                            fnum(median(raw)),
+                            met(None if rel is None else rel >= GOAL_VS_ECHO),
+                        ]
+                    )
             parts.append(
                 md_table(
                     [
@@ -872,7 +929,7 @@ class Bench:
                     "-" if pn is None else str(pn["p99_us"]),
                     "-" if pn is None else str(pn.get("target_accepted", "-")),
                     "-" if pn is None else f"{pn['errors']}/{pn['mismatches']}",
-                    target_share(pn),
+                    fnum(target_share(pn)),
                     met(None if rel is None else rel >= GOAL_INFLIGHT),
                 ]
             )
@@ -895,28 +952,35 @@ class Bench:
             return "\n".join(parts)
         if self.modbus_proxy_note:
             parts += [self.modbus_proxy_note, ""]
-        rows = self.rows_a.get("modbus")
-        if rows is None or find(rows, variant="modbus-proxy") is None:
-            rows = self.table_run(
-                "d-modbus", "modbus", self.plan.proxy_clients, ["direct", "modbus-proxy", "project"]
-            )
-        one = rps_of(find(rows, case="main", variant="direct", clients=1))
+        runs = self.rows_a.get("modbus")
+        if not runs or find(runs[0], variant="modbus-proxy") is None:
+            runs = [
+                self.table_run(
+                    "d-modbus",
+                    "modbus",
+                    self.plan.proxy_clients,
+                    ["direct", "modbus-proxy", "project"],
+                )
+            ]
+        ones = [one_conn_rps(rows) for rows in runs]
         body = []
         for c in self.plan.proxy_clients:
-            mp = find(rows, case="main", variant="modbus-proxy", clients=c)
-            p = find(rows, case="main", variant="project", clients=c)
-            if mp is None and p is None:
+            mps = [find(rows, case="main", variant="modbus-proxy", clients=c) for rows in runs]
+            ps = [find(rows, case="main", variant="project", clients=c) for rows in runs]
+            if not any(mps) and not any(ps):
                 continue
-            rel = ratio(rps_of(p), rps_of(mp))
+            rels = [ratio(rps_of(p), rps_of(mp)) for p, mp in zip(ps, mps, strict=True)]
+            rel = median(rels)
+            mp_p99 = median(None if mp is None else float(mp["p99_us"]) for mp in mps)
             body.append(
                 [
                     str(c),
-                    frps(rps_of(mp)),
-                    fnum(ratio(rps_of(mp), one)),
-                    "-" if mp is None else str(mp["p99_us"]),
-                    "-" if mp is None else f"{mp['errors']}/{mp['mismatches']}",
-                    frps(rps_of(p)),
-                    fnum(rel),
+                    frps(median(rps_of(mp) for mp in mps)),
+                    fnum(median(ratio(rps_of(mp), one) for mp, one in zip(mps, ones, strict=True))),
+                    "-" if mp_p99 is None else f"{mp_p99:.0f}",
+                    err_sum(mps),
+                    frps(median(rps_of(p) for p in ps)),
+                    fspread(rels),
                     met(None if rel is None else rel >= GOAL_VS_MODBUS_PROXY),
                 ]
             )
@@ -1131,7 +1195,7 @@ class Bench:
                         f"{secs:g}",
                         frps(result.get("rps")),
                         f"{result.get('errors', '-')}/{result.get('mismatches', '-')}",
-                        target_share(result),
+                        fnum(target_share(result)),
                         fnum(first, 1),
                         fnum(last, 1),
                         fnum(peak, 1),
@@ -1373,6 +1437,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: 1s cases, fewer of them")
     ap.add_argument("--only", default="a,b,c,d,e,f", help="sections to run, e.g. a,c (default all)")
     ap.add_argument("--dur", type=parse_duration, help="measured time per case (default 3s)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        help="runs of each mode in section a, reported as medians (default 3, 1 with --quick)",
+    )
     ap.add_argument("--out", type=Path, help="output folder (default bench/results/<timestamp>)")
     ap.add_argument("--compare", type=Path, default=DEFAULT_COMPARE, help="compare.sh to use")
     ap.add_argument("--loadgen", type=Path, default=DEFAULT_LOADGEN, help="Go load generator")
@@ -1397,6 +1466,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     bad = [s for s in sections if s not in "abcdef" or len(s) != 1]
     if bad or not sections:
         ap.error(f"--only takes letters a-f separated by commas, not {args.only!r}")
+    if args.repeat is not None and args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     args.sections = sections
     return args
 
