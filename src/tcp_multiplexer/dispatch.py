@@ -168,16 +168,26 @@ class Dispatcher:
     def connection_available(self, connection: UpstreamConnection) -> None:
         """`connection` can take another request: give it waiting ones while it can."""
         if self._waiting:
-            connection.cork()
-            try:
-                while self._waiting and connection.can_send:
-                    request = self._next_waiting()
-                    if request is None:
-                        break
+            if connection.pipelined:
+                self._send_waiting_batch(connection)
+            elif connection.can_send:
+                # One request at a time (the default): a single write, nothing to gather.
+                request = self._next_waiting()
+                if request is not None:
                     connection.send(request)
-            finally:
-                connection.uncork()
         self._resume_paused()
+
+    def _send_waiting_batch(self, connection: UpstreamConnection) -> None:
+        """Send waiting requests while `connection` takes them, in one write."""
+        connection.cork()
+        try:
+            while self._waiting and connection.can_send:
+                request = self._next_waiting()
+                if request is None:
+                    break
+                connection.send(request)
+        finally:
+            connection.uncork()
 
     def _resume_paused(self) -> None:
         """Read again from clients paused by a full queue, once it has room."""

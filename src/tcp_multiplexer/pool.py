@@ -58,6 +58,8 @@ class UpstreamPool:
         self._metrics = metrics
         self._loop = asyncio.get_running_loop()
         self._slots = [_Slot(index) for index in range(config.max_connections)]
+        self._unwanted_slots = len(self._slots)
+        """Slots not asked to hold a connection (none: demand() has nothing to do)."""
         self._connections: list[UpstreamConnection] = []
         self._next = 0
         self._last_attempt_failed = False
@@ -84,7 +86,7 @@ class UpstreamPool:
             slot.task = self._loop.create_task(
                 self._run_slot(slot), name=f"target-slot-{slot.index}"
             )
-        self._slots[0].wanted.set()
+        self._want(self._slots[0])
 
     def available_connection(self) -> UpstreamConnection | None:
         """A connection that can take a request now, round-robin among the ready ones."""
@@ -102,15 +104,20 @@ class UpstreamPool:
 
     def demand(self) -> None:
         """Requests are waiting: open one more connection if a slot is free for it."""
-        if self._closing:
+        if self._closing or not self._unwanted_slots:
+            # Called for every queued request: with every slot in use, nothing to do.
             return
         for slot in self._slots:
             if slot.busy_connecting:
                 return
         for slot in self._slots:
             if not slot.wanted.is_set():
-                slot.wanted.set()
+                self._want(slot)
                 return
+
+    def _want(self, slot: _Slot) -> None:
+        slot.wanted.set()
+        self._unwanted_slots -= 1
 
     async def _run_slot(self, slot: _Slot) -> None:
         config = self._config
@@ -159,6 +166,7 @@ class UpstreamPool:
                 return
             if connection.closed_for_idle:
                 slot.wanted.clear()
+                self._unwanted_slots += 1
                 backoff.reset()
                 continue
             self._metrics.reconnects += 1

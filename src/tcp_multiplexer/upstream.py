@@ -56,6 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._spinner = spinner
         self._timeout = timeout
         self._capacity = max_inflight
+        self.pipelined = max_inflight > 1
+        """More than one request may be outstanding (--max-inflight above 1)."""
         self._gap = request_gap
         self._max_idle = max_idle
         self._loop = asyncio.get_running_loop()
