@@ -230,10 +230,11 @@ class ModbusCodec:
         return False
 
     def request_id(self, request: bytes) -> int:
-        return transaction_id(request)
+        # transaction_id() and with_transaction_id() inlined: these run per request.
+        return (request[0] << 8) | request[1]
 
     def with_request_id(self, message: bytes, request_id: int) -> bytes:
-        return with_transaction_id(message, request_id)
+        return request_id.to_bytes(2, "big") + message[2:]
 
     def restore_reply(self, request: bytes, reply: bytes) -> bytes:
         """`reply` with the client's transaction id (and unit id) put back."""
