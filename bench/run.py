@@ -11,6 +11,7 @@ Sections (see bench/README.md for what each measures and the goals):
   d  the modbus-proxy package from PyPI (installed into its own venv under ~/.cache)
   e  idle clients: resident memory with 1,000 and 10,000 connected clients
   f  memory under load: 128 busy clients for --soak-seconds, RSS sampled every 5 s
+  g  where the time goes: CPU time per answer on each core, direct and through the project
 
 Sections a-d call ../shared/bench/compare.sh (the instrument of record: Go load generator
 and target, proxy pinned to CPU 1, load generator and target to CPU 0) and read its
@@ -275,6 +276,20 @@ def rss_mb(pid: int) -> float | None:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return None
+
+
+def cpu_jiffies(cpus: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """(busy, total) clock ticks since boot per CPU, from /proc/stat (idle and iowait
+    are not busy; guest time is already inside user)."""
+    found: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                continue
+            ticks = [int(value) for value in values[:8]]
+            found[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return found
 
 
 def fd_count(pid: int) -> int:
@@ -1211,6 +1226,92 @@ class Bench:
 
     # ------------------------------------------------------------ modbus-proxy
 
+    def section_g(self) -> str:
+        parts = [
+            "## g. Where the time goes: CPU time per answer on each core (echo)",
+            "",
+            f"CPU {LOAD_CPU} runs the Go load generator and target, CPU {PROXY_CPU} the "
+            "project. Each core's busy share is read from /proc/stat over the middle of "
+            "the run and divided by the answers in that time. Through the project, the "
+            "target sees one request at a time, so each request wakes the target process "
+            "and a load-generator thread from the other core, where direct runs hand over "
+            "on one core or in batches. The project polls for 200 us after I/O, so its core "
+            "shows busy even while it waits.",
+            "",
+        ]
+        if not self.go:
+            parts.append("Not measured: needs the Go load generator.")
+            return "\n".join(parts)
+        body = []
+        for label, clients, through_project in (
+            ("direct, 1 client", 1, False),
+            ("direct, 16 clients", 16, False),
+            ("project, 1 client", 1, True),
+            ("project, 16 clients", 16, True),
+        ):
+            row = self.cpu_case(label, clients, through_project)
+            body.append(row)
+        parts.append(
+            md_table(
+                [
+                    *("run", "answers/s", f"CPU {LOAD_CPU} busy", f"CPU {LOAD_CPU} us/answer"),
+                    *(f"CPU {PROXY_CPU} busy", f"CPU {PROXY_CPU} us/answer"),
+                ],
+                body,
+            )
+        )
+        return "\n".join(parts)
+
+    def cpu_case(self, label: str, clients: int, through_project: bool) -> list[str]:
+        sub = "g-" + label.replace(", ", "-").replace(" ", "-")
+        out = self.out / sub
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"--- g: {label}")
+        started: list[subprocess.Popen[bytes]] = []
+        try:
+            if through_project:
+                target, mux, port = self.start_target_mux(sub, "echo")
+                started += [target, mux]
+            else:
+                port = self.ports.take()
+                argv = [str(self.loadgen), "serve", "-mode", "echo", "-addr"]
+                target = self.procs.start(
+                    [*argv, f"{LOOPBACK}:{port}"], log_path=out / "target.log", cpu=LOAD_CPU
+                )
+                started.append(target)
+                if not wait_listen(port, 15, target):
+                    raise RuntimeError(f"{sub}: target did not start")
+            dur = max(self.plan.dur, 2.0)
+            argv = [str(self.loadgen), "-mode", "echo", "-addr", f"{LOOPBACK}:{port}"]
+            argv += ["-c", str(clients), "-d", go_duration(dur), "-warmup", "0s"]
+            argv += ["-timeout", REQUEST_TIMEOUT, "-label", sub]
+            load = self.procs.start(
+                argv, stdout_path=out / "load.json", log_path=out / "load.err", cpu=LOAD_CPU
+            )
+            cpus = [LOAD_CPU, PROXY_CPU]
+            time.sleep(0.5)
+            first, t0 = cpu_jiffies(cpus), time.monotonic()
+            time.sleep(dur - 1.0)
+            last, t1 = cpu_jiffies(cpus), time.monotonic()
+            load.wait(dur + 30)
+            text = (out / "load.json").read_text().strip()
+            result = json.loads(text.splitlines()[-1]) if text else {}
+            self.check_rows("g", [result | {"label": label}] if result else [])
+        finally:
+            for proc in reversed(started):
+                self.procs.stop(proc)
+        rps = float(result.get("rps", 0.0)) or None
+        answers = None if rps is None else rps * (t1 - t0)
+        cells = [label, frps(rps)]
+        for cpu in cpus:
+            busy = (last[cpu][0] - first[cpu][0]) / max(1, last[cpu][1] - first[cpu][1])
+            ticks_per_s = os.sysconf("SC_CLK_TCK")
+            busy_s = (last[cpu][0] - first[cpu][0]) / ticks_per_s
+            per_answer = None if not answers else busy_s / answers * 1e6
+            cells += [f"{busy * 100:.0f} %", fnum(per_answer, 1)]
+        self.raw[sub] = {"result": result, "cpu_first": first, "cpu_last": last}
+        return cells
+
     def setup_modbus_proxy(self) -> None:
         if self.args.modbus_proxy:
             path = Path(self.args.modbus_proxy)
@@ -1432,10 +1533,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="Run the issue-4 benchmark table and print the ratios.",
         epilog="Sections: a main table, b slow device, c pipelining, d modbus-proxy, "
-        "e idle-client memory, f memory under load.",
+        "e idle-client memory, f memory under load, g CPU time per answer on each core.",
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1s cases, fewer of them")
-    ap.add_argument("--only", default="a,b,c,d,e,f", help="sections to run, e.g. a,c (default all)")
+    ap.add_argument(
+        "--only", default="a,b,c,d,e,f,g", help="sections to run, e.g. a,c (default all)"
+    )
     ap.add_argument("--dur", type=parse_duration, help="measured time per case (default 3s)")
     ap.add_argument(
         "--repeat",
@@ -1463,9 +1566,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--soak-mode", choices=("echo", "modbus"), default="modbus")
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    bad = [s for s in sections if s not in "abcdef" or len(s) != 1]
+    bad = [s for s in sections if s not in "abcdefg" or len(s) != 1]
     if bad or not sections:
-        ap.error(f"--only takes letters a-f separated by commas, not {args.only!r}")
+        ap.error(f"--only takes letters a-g separated by commas, not {args.only!r}")
     if args.repeat is not None and args.repeat < 1:
         ap.error("--repeat must be at least 1")
     args.sections = sections
@@ -1511,6 +1614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("d", bench.section_d),
         ("e", bench.section_e),
         ("f", bench.section_f),
+        ("g", bench.section_g),
     ]
     summary = out / "summary.md"
     text: list[str] = [machine_header(bench, [sys.argv[0], *(argv or sys.argv[1:])])]
