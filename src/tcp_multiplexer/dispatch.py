@@ -34,6 +34,26 @@ logger = logging.getLogger(__name__)
 class Dispatcher:
     """The fair wait queue, coalescing and delivery of answers to sessions."""
 
+    # Slots: attributes read on every request.
+    __slots__ = (
+        "_batch",
+        "_coalesce",
+        "_codec",
+        "_drained",
+        "_leaders",
+        "_loop",
+        "_metrics",
+        "_paused",
+        "_policy",
+        "_pool",
+        "_queue_size",
+        "_queue_timer",
+        "_ring",
+        "_timeout",
+        "_waiting",
+        "unanswered",
+    )
+
     def __init__(
         self,
         codec: Codec,

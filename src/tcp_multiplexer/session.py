@@ -33,6 +33,28 @@ PAUSE_WRITE: Final = 4
 class ClientSession(asyncio.Protocol):
     """Frames a client's requests, submits them, and writes answers in request order."""
 
+    # Slots: one session per client (memory), attributes read on every request (speed).
+    __slots__ = (
+        "_backlog",
+        "_closing",
+        "_codec",
+        "_debug",
+        "_dispatcher",
+        "_eof",
+        "_framer",
+        "_loop",
+        "_outstanding",
+        "_paused",
+        "_pending_interim",
+        "_server",
+        "_spinner",
+        "_transport",
+        "closed",
+        "name",
+        "number",
+        "waiting",
+    )
+
     def __init__(self, server: Multiplexer, number: int) -> None:
         self._server = server
         self._codec: Codec = server.codec

@@ -36,6 +36,41 @@ target in between mean it will not answer on this connection."""
 class UpstreamConnection(asyncio.Protocol):
     """A target connection carrying up to `max_inflight` requests at a time."""
 
+    # Slots: attributes read on every request; past 30 attributes an instance dict no
+    # longer shares its keys, and every attribute read gets slower.
+    __slots__ = (
+        "_by_id",
+        "_capacity",
+        "_codec",
+        "_corked",
+        "_debug",
+        "_dispatcher",
+        "_draining",
+        "_fifo",
+        "_framer",
+        "_gap",
+        "_gap_timer",
+        "_ids",
+        "_inflight",
+        "_last_activity",
+        "_last_heard",
+        "_loop",
+        "_max_idle",
+        "_metrics",
+        "_next_id",
+        "_ready",
+        "_silent_timeouts",
+        "_spinner",
+        "_timeout",
+        "_timer",
+        "_transport",
+        "answers",
+        "closed",
+        "closed_for_idle",
+        "name",
+        "pipelined",
+    )
+
     def __init__(
         self,
         name: str,

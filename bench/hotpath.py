@@ -1,0 +1,248 @@
+"""The Python work per request on the hot path, without sockets: a profile harness.
+
+Runs the multiplexer's own request path in one process: a client's bytes go into a
+`ClientSession`, through the `Dispatcher` to an `UpstreamConnection`, and the target's
+answer comes back the same way. In-memory transports stand in for the sockets and the
+target answers at once, so what this measures is the multiplexer's Python work per
+request and nothing else: no system calls, no event-loop wake-ups, no load generator.
+With 16 clients each keeps one request outstanding, as in the main benchmark table, so
+requests wait in the fair queue while the target link is busy.
+
+    .venv/bin/python bench/hotpath.py                   # µs per request
+    .venv/bin/python bench/hotpath.py --instructions    # and instructions, under valgrind
+
+Microseconds move with whatever else the machine does. `--instructions` runs the
+harness twice under `valgrind --tool=callgrind` (Debian package `valgrind`), with two
+request counts, and divides the difference in instructions by the difference in
+requests: start-up costs cancel out and the figure is the same from run to run, which
+makes it the one to compare before and after a change to the hot path. Standard
+library, uvloop and the project only; nothing listens, nothing connects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from tcp_multiplexer.config import Address, ServerConfig
+from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.server import Multiplexer
+from tcp_multiplexer.session import ClientSession
+from tcp_multiplexer.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from tcp_multiplexer.pool import UpstreamPool
+
+PROTOCOLS: Final = ("echo", "modbus", "http")
+UNUSED_TARGET: Final = Address("127.0.0.1", 9)
+"""The discard port: the real pool is closed before anything is measured."""
+
+
+class MemoryTransport:
+    """Just enough of an asyncio transport: keeps what is written, counts writes."""
+
+    def __init__(self, on_write: Callable[[], None] | None = None) -> None:
+        self.last = b""
+        self.writes = 0
+        self._on_write = on_write
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+        self.writes += 1
+        if self._on_write is not None:
+            self._on_write()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class OneConnectionPool:
+    """Stands in for the pool: one target connection, always up."""
+
+    unreachable = False
+
+    def __init__(self, connection: UpstreamConnection) -> None:
+        self._connection = connection
+
+    def available_connection(self) -> UpstreamConnection | None:
+        return self._connection if self._connection.can_send else None
+
+    def demand(self) -> None:
+        pass
+
+
+def request_bytes(protocol: str, client: int, sequence: int) -> bytes:
+    """What the Go load generator sends, near enough."""
+    if protocol == "http":
+        return (
+            b"GET /c%d/n%d HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: loadgen\r\n"
+            b"Accept: */*\r\nConnection: keep-alive\r\n\r\n" % (client, sequence)
+        )
+    if protocol == "modbus":
+        address = (client * 131 + sequence * 7) % 1000
+        return bytes.fromhex("0001 0000 0006 01 03") + address.to_bytes(2, "big") + b"\x00\x0a"
+    return b"client %d request %d\n" % (client, sequence)
+
+
+def answer_bytes(protocol: str, wire: bytes) -> bytes:
+    """The target's answer to the request `wire` as it left the multiplexer."""
+    if protocol == "http":
+        body = wire.split(b"\r\n", 1)[0] + b"\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+    if protocol == "modbus":
+        return wire[:4] + bytes.fromhex("0017 01 03 14") + bytes(20)
+    return wire
+
+
+async def measure(protocol: str, clients: int, requests: int) -> float:
+    """Seconds per request for `requests` answered requests."""
+    config = ServerConfig(
+        protocol=ProtocolName(protocol),
+        target=UNUSED_TARGET,
+        listen=Address("127.0.0.1", 0),
+        metrics_interval=0,
+    )
+    mux = Multiplexer(config)
+    await mux.start()
+    await mux.pool.close()
+    target = MemoryTransport()
+    connection = UpstreamConnection(
+        "target",
+        mux.codec,
+        mux.dispatcher,
+        mux.metrics,
+        mux.spinner,
+        timeout=60.0,
+        max_inflight=1,
+    )
+    connection.connection_made(cast(asyncio.Transport, target))
+    connection.mark_ready()
+    mux.dispatcher.attach_pool(cast("UpstreamPool", OneConnectionPool(connection)))
+    answered: list[int] = []
+    sessions: list[ClientSession] = []
+    for index in range(clients):
+        session = ClientSession(mux, index + 1)
+        note_answer = functools.partial(answered.append, index)
+        session.connection_made(cast(asyncio.Transport, MemoryTransport(note_answer)))
+        sessions.append(session)
+    try:
+        for index, session in enumerate(sessions):
+            session.data_received(request_bytes(protocol, index, 0))
+        started = time.perf_counter()
+        for sequence in range(1, requests + 1):
+            connection.data_received(answer_bytes(protocol, target.last))
+            index = answered.pop()
+            sessions[index].data_received(request_bytes(protocol, index, sequence))
+        elapsed = time.perf_counter() - started
+    finally:
+        await mux.shutdown(grace=0.0)
+    if target.writes != requests + 1:
+        raise RuntimeError(f"the target got {target.writes} requests, expected {requests + 1}")
+    return elapsed / requests
+
+
+def run_loop(protocol: str, clients: int, requests: int) -> float:
+    try:
+        import uvloop
+    except ImportError:  # the event loop asyncio brings is slower, but works
+        return asyncio.run(measure(protocol, clients, requests))
+    return uvloop.run(measure(protocol, clients, requests))
+
+
+def instructions(protocol: str, clients: int, requests: int) -> int:
+    """Instructions callgrind counts for one run of this script with `requests`."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+        argv += [__file__, "--one", protocol, str(clients), str(requests)]
+        # A fixed hash seed: dict and set layouts, and so the instructions, repeat exactly.
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        subprocess.run(argv, check=True, capture_output=True, timeout=600, env=env)
+        found = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+        if found is None:
+            raise RuntimeError("no summary line in the callgrind output")
+        return int(found.group(1))
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
+    parser.add_argument("--clients", default="1,16", help="comma-separated client counts")
+    parser.add_argument("-n", "--requests", type=int, default=100_000, help="per measurement")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per request under valgrind (slow: about a minute)",
+    )
+    parser.add_argument("--one", nargs=3, metavar=("PROTOCOL", "CLIENTS", "N"), help="internal")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.one:
+        protocol, clients, requests = args.one
+        run_loop(protocol, int(clients), int(requests))
+        return 0
+    protocols = [name for name in args.protocols.split(",") if name]
+    unknown = [name for name in protocols if name not in PROTOCOLS]
+    if unknown:
+        print(f"unknown protocol(s) {', '.join(unknown)}; choose from {PROTOCOLS}")
+        return 2
+    if args.instructions and shutil.which("valgrind") is None:
+        print("--instructions needs valgrind (apt-get install valgrind)")
+        return 2
+    counts = [int(count) for count in args.clients.split(",") if count]
+    header = "| protocol | clients | µs per request |" + (
+        " instructions per request |" if args.instructions else ""
+    )
+    print(header)
+    print("|---|---|---|" + ("---|" if args.instructions else ""))
+    for protocol in protocols:
+        for clients in counts:
+            seconds = min(run_loop(protocol, clients, args.requests) for _ in range(3))
+            row = f"| {protocol} | {clients} | {seconds * 1e6:.2f} |"
+            if args.instructions:
+                few, many = 1_000, 6_000
+                per_request = (
+                    instructions(protocol, clients, many) - instructions(protocol, clients, few)
+                ) / (many - few)
+                row += f" {per_request:,.0f} |"
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    # The multiplexer logs its start and stop at WARNING; here that is noise.
+    logging.getLogger("tcp_multiplexer").setLevel(logging.ERROR)
+    sys.exit(main())
