@@ -58,6 +58,8 @@ def test_defaults_match_the_reference() -> None:
         pytest.param(["--request-gap", "50ms"], "request_gap", 0.05, id="gap"),
         pytest.param(["--max-idle", "5m"], "max_idle", 300.0, id="idle"),
         pytest.param(["--metrics-interval", "10s"], "metrics_interval", 10.0, id="metrics"),
+        pytest.param(["--busy-poll", "1ms"], "busy_poll", 0.001, id="busy-poll"),
+        pytest.param(["--busy-poll", "0"], "busy_poll", 0.0, id="busy-poll-off"),
         pytest.param(["--lenient-ids"], "modbus", ModbusOptions(lenient_ids=True), id="lenient"),
         pytest.param(["--no-coalesce"], "modbus", ModbusOptions(coalesce=False), id="coalesce"),
         pytest.param(["--cache-ttl", "2s"], "modbus", ModbusOptions(cache_ttl=2.0), id="cache"),

@@ -68,6 +68,7 @@ def test_bad_targets(text: str) -> None:
         {"max_inflight": 0},
         {"max_inflight": 5000},
         {"request_gap": -1.0},
+        {"busy_poll": -1.0},
     ],
 )
 def test_config_rejects_bad_values(fields: dict[str, float]) -> None:

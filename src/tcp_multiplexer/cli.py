@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from tcp_multiplexer import __version__
 from tcp_multiplexer.config import (
+    DEFAULT_BUSY_POLL,
     DEFAULT_CLIENT_BACKLOG,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HEALTH_CHECK_INTERVAL,
@@ -170,6 +171,15 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         "a dead (half-open) one is found: a target connection is replaced, a client's "
         "closed; closes and resets are seen at once (default: 30s)",
     )
+    timing.add_argument(
+        "--busy-poll",
+        type=duration,
+        default=DEFAULT_BUSY_POLL,
+        metavar="DURATION",
+        help="keep polling this long after each burst of I/O before sleeping: the next "
+        "request or answer is usually that close, and waking from sleep costs more; costs "
+        "CPU only while traffic flows; 0 = never (default: 200us)",
+    )
     pool = parser.add_argument_group("connections and queueing")
     pool.add_argument(
         "--max-connections",
@@ -313,6 +323,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         request_gap=args.request_gap,
         max_idle=args.max_idle,
         metrics_interval=args.metrics_interval,
+        busy_poll=args.busy_poll,
         modbus=ModbusOptions(
             lenient_ids=args.lenient_ids,
             coalesce=args.coalesce,

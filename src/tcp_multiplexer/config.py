@@ -28,6 +28,8 @@ DEFAULT_MAX_INFLIGHT: Final = 1
 DEFAULT_CLIENT_BACKLOG: Final = 16
 """Requests one client may have outstanding before it is no longer read from."""
 DEFAULT_METRICS_INTERVAL: Final = 60.0
+DEFAULT_BUSY_POLL: Final = 0.0002
+"""200 µs of polling after I/O: a few loopback round trips, far below a device's answer."""
 MAX_INFLIGHT_LIMIT: Final = 1024
 """Upper bound for --max-inflight; Modbus ids are 16 bits, and no device pipelines more."""
 
@@ -168,6 +170,8 @@ class ServerConfig:
     max_idle: float = 0.0
     """Close a target connection idle this long (0 = never); reopened on demand."""
     metrics_interval: float = DEFAULT_METRICS_INTERVAL
+    busy_poll: float = DEFAULT_BUSY_POLL
+    """How long the event loop keeps polling after I/O before it sleeps (0 = never)."""
     modbus: ModbusOptions = field(default_factory=ModbusOptions)
 
     def __post_init__(self) -> None:
@@ -182,6 +186,7 @@ class ServerConfig:
             ("--request-gap", self.request_gap),
             ("--max-idle", self.max_idle),
             ("--metrics-interval", self.metrics_interval),
+            ("--busy-poll", self.busy_poll),
         ):
             if value < 0:
                 raise ConfigError(f"{name} must not be negative")

@@ -98,7 +98,7 @@ class Multiplexer:
         old_limit, new_limit = raise_file_limit()
         if new_limit != old_limit:
             logger.info("raised the open-file limit from %d to %d", old_limit, new_limit)
-        self._spinner = Spinner()
+        self._spinner = Spinner(config.busy_poll)
         policy = make_policy(config, self.metrics, self.codec)
         self._dispatcher = Dispatcher(
             self.codec,

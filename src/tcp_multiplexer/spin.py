@@ -6,16 +6,13 @@ Sleeping in epoll between them costs a scheduler wakeup, which on virtual machin
 and power-saving CPUs takes longer than the work itself. So after each burst of I/O
 the loop keeps polling without blocking for `window` seconds, as Go's scheduler
 spins before parking a thread. Cost: at most `window` of CPU after the last event;
-a Modbus poller at 10 requests/s pays well under 1 % of a core.
+a Modbus poller at 10 requests/s pays well under 1 % of a core. `--busy-poll` sets the
+window (0 turns polling off).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
-
-SPIN_WINDOW_S: Final = 0.0002
-"""200 µs: a few loopback round trips, far below any device's answer time."""
 
 
 class Spinner:
@@ -23,7 +20,7 @@ class Spinner:
 
     __slots__ = ("_active", "_loop", "_until", "_window")
 
-    def __init__(self, window: float = SPIN_WINDOW_S) -> None:
+    def __init__(self, window: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._window = window
         self._until = 0.0

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
+import pytest
+
+from tcp_multiplexer.config import DEFAULT_BUSY_POLL
 from tcp_multiplexer.framing.base import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import (
@@ -91,8 +94,14 @@ async def test_a_modbus_request_split_byte_by_byte_is_answered_whole() -> None:
         assert target.stats.requests == 1
 
 
-async def test_200_concurrent_clients_get_only_their_own_answers_over_one_connection() -> None:
-    """Unique payloads, pipelined then one by one; the target takes ONE connection."""
+@pytest.mark.parametrize("busy_poll", [DEFAULT_BUSY_POLL, 0.0], ids=["polling", "no-polling"])
+async def test_200_concurrent_clients_get_only_their_own_answers_over_one_connection(
+    busy_poll: float,
+) -> None:
+    """Unique payloads, pipelined then one by one; the target takes ONE connection.
+
+    With `--busy-poll 0` the event loop sleeps between events: answers must flow the same.
+    """
 
     async def converse(index: int, client: Client) -> None:
         reader, writer = client
@@ -109,7 +118,7 @@ async def test_200_concurrent_clients_get_only_their_own_answers_over_one_connec
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         TargetServer(TargetConfig(max_connections=1)) as target,
-        running_multiplexer(mux_config(target.port)) as mux,
+        running_multiplexer(mux_config(target.port, busy_poll=busy_poll)) as mux,
     ):
         await wait_for_target_connection(mux)
         async with open_clients(mux.port, MANY_CLIENTS) as clients:
