@@ -12,14 +12,16 @@ the same error.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.framing import http1
+from tcp_multiplexer.framing.base import Framer
 from tcp_multiplexer.framing.http1 import HttpCodec, HttpRequestFramer, HttpResponseFramer
 
 EXAMPLES = settings(max_examples=400, deadline=None)
@@ -118,14 +120,21 @@ def header_blocks(draw: st.DrawFn, start_lines: st.SearchStrategy[bytes]) -> byt
     return b"".join(line + draw(EOLS) for line in lines) + draw(EOLS)
 
 
+FRAMER_FAST_PATHS: Final = ((HttpRequestFramer, "_plain_head"), (HttpResponseFramer, "_plain_head"))
+CODEC_FAST_PATHS: Final = ((http1, "_KEPT_OPEN_REQUEST"), (http1, "_KEPT_OPEN_RESPONSE"))
+
+
 @contextmanager
-def fast_path_off() -> Iterator[None]:
-    saved = HttpRequestFramer._plain_head, HttpResponseFramer._plain_head
-    HttpRequestFramer._plain_head = HttpResponseFramer._plain_head = NEVER
+def switched_off(places: Iterable[tuple[object, str]]) -> Iterator[None]:
+    """Each (owner, name) regex replaced by one that never matches, for the block."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in places]
+    for owner, name, _pattern in saved:
+        setattr(owner, name, NEVER)
     try:
         yield
     finally:
-        HttpRequestFramer._plain_head, HttpResponseFramer._plain_head = saved
+        for owner, name, pattern in saved:
+            setattr(owner, name, pattern)
 
 
 def outcome(framer: HttpRequestFramer | HttpResponseFramer, wire: bytes) -> object:
@@ -153,7 +162,7 @@ def read_response(block: bytes, request: bytes) -> object:
 @example(block=b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
 def test_request_fast_path_reads_as_the_line_by_line_path(block: bytes) -> None:
     fast = read_request(block)
-    with fast_path_off():
+    with switched_off(FRAMER_FAST_PATHS):
         slow = read_request(block)
     assert fast == slow
 
@@ -169,26 +178,28 @@ def test_request_fast_path_reads_as_the_line_by_line_path(block: bytes) -> None:
 )
 def test_response_fast_path_reads_as_the_line_by_line_path(block: bytes, request: bytes) -> None:
     fast = read_response(block, request)
-    with fast_path_off():
+    with switched_off(FRAMER_FAST_PATHS):
         slow = read_response(block, request)
     assert fast == slow
 
 
-@contextmanager
-def kept_open_fast_path_off() -> Iterator[None]:
-    saved = http1._KEPT_OPEN_REQUEST, http1._KEPT_OPEN_RESPONSE
-    http1._KEPT_OPEN_REQUEST = http1._KEPT_OPEN_RESPONSE = NEVER
+def assert_both_paths_agree(framer: Framer, ends: Callable[[bytes], bool], block: bytes) -> None:
+    """For a head `framer` accepts, `ends` says the same with and without its fast path."""
     try:
-        yield
-    finally:
-        http1._KEPT_OPEN_REQUEST, http1._KEPT_OPEN_RESPONSE = saved
+        framer.feed(block)
+    except FramingError:
+        assume(False)
 
+    def outcome() -> object:
+        try:
+            return ends(block)
+        except ValueError as error:  # a block of interim responses only: no final head
+            return str(error)
 
-def ends_connection(read: Callable[[bytes], bool], message: bytes) -> object:
-    try:
-        return read(message)
-    except ValueError as error:  # a block of interim responses only: no final head
-        return str(error)
+    fast = outcome()
+    with switched_off(CODEC_FAST_PATHS):
+        slow = outcome()
+    assert fast == slow
 
 
 @EXAMPLES
@@ -197,15 +208,7 @@ def ends_connection(read: Callable[[bytes], bool], message: bytes) -> object:
 @example(block=b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
 def test_request_ends_connection_reads_as_the_field_by_field_path(block: bytes) -> None:
     """The codec reads heads the request framer accepted (only the head matters)."""
-    try:
-        HttpRequestFramer().feed(block)
-    except FramingError:
-        assume(False)
-    codec = HttpCodec()
-    fast = ends_connection(codec.request_ends_connection, block)
-    with kept_open_fast_path_off():
-        slow = ends_connection(codec.request_ends_connection, block)
-    assert fast == slow
+    assert_both_paths_agree(HttpRequestFramer(), HttpCodec().request_ends_connection, block)
 
 
 @EXAMPLES
@@ -216,15 +219,7 @@ def test_reply_ends_connection_reads_as_the_field_by_field_path(block: bytes) ->
     """The codec reads heads the response framer accepted (only the head matters)."""
     framer = HttpResponseFramer()
     framer.expect_response(b"GET / HTTP/1.1\r\n\r\n")
-    try:
-        framer.feed(block)
-    except FramingError:
-        assume(False)
-    codec = HttpCodec()
-    fast = ends_connection(codec.reply_ends_connection, block)
-    with kept_open_fast_path_off():
-        slow = ends_connection(codec.reply_ends_connection, block)
-    assert fast == slow
+    assert_both_paths_agree(framer, HttpCodec().reply_ends_connection, block)
 
 
 def test_the_usual_blocks_take_the_fast_path() -> None:
