@@ -186,11 +186,12 @@ class Dispatcher:
         return None
 
     def connection_available(self, connection: UpstreamConnection) -> None:
-        """`connection` can take another request: give it waiting ones while it can."""
+        """`connection` can take another request (callers checked `can_send`): give it
+        waiting ones while it can."""
         if self._waiting:
             if connection.pipelined:
                 self._send_waiting_batch(connection)
-            elif connection.can_send:
+            else:
                 # One request at a time (the default): a single write, nothing to gather.
                 request = self._next_waiting()
                 if request is not None:
