@@ -47,13 +47,6 @@ def exception_answer(tid: int, unit: int, code: int, function: int = READ_HOLDIN
     return mbap(tid, unit, bytes((function | EXCEPTION_FLAG, code)))
 
 
-async def read_adu(reader: asyncio.StreamReader) -> bytes:
-    """One Modbus/TCP ADU."""
-    header = await reader.readexactly(7)
-    (length,) = struct.unpack_from(">H", header, 4)
-    return header + await reader.readexactly(length - 1)
-
-
 async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
     """Everything the peer sends until it closes (or resets) the connection."""
     received = b""

@@ -25,12 +25,12 @@ from tests.helpers import (
 )
 from tests.integration.core_support import (
     echo,
-    read_adu,
     read_answer,
     read_request,
     read_until_closed,
     reset_connection,
 )
+from tests.modbus.adu import read_adu
 
 TEST_TIMEOUT: Final = 5.0
 ECHO_LINE_LIMIT: Final = 64 * 1024

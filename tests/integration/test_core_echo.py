@@ -23,11 +23,11 @@ from tests.helpers import (
 from tests.integration.core_support import (
     Client,
     open_clients,
-    read_adu,
     read_answer,
     read_request,
     yield_to_loop,
 )
+from tests.modbus.adu import read_adu
 
 TEST_TIMEOUT: Final = 5.0
 MANY_CLIENTS: Final = 200

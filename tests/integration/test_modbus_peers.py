@@ -17,6 +17,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from tcp_multiplexer.framing.base import ProtocolName
 from tests.framing.builders import mbap
 from tests.helpers import LOOPBACK, mux_config, open_client, running_multiplexer
+from tests.modbus.adu import read_adu
 from tests.peers import (
     OneConnectionModbusServer,
     coil_value,
@@ -57,12 +58,6 @@ def holding_answer(tid: int, unit: int, address: int, count: int) -> bytes:
     """The exact ADU a correct device sends for a holding-register read."""
     values = [holding_value(address + offset) for offset in range(count)]
     return mbap(tid, unit, struct.pack(f">BB{count}H", READ_HOLDING, 2 * count, *values))
-
-
-async def read_adu(reader: asyncio.StreamReader) -> bytes:
-    header = await reader.readexactly(7)
-    (length,) = struct.unpack_from(">H", header, 4)
-    return header + await reader.readexactly(length - 1)
 
 
 async def test_device_fixture_really_takes_one_connection(

@@ -20,10 +20,10 @@ from tests.integration.core_support import (
     echo,
     exception_answer,
     open_clients,
-    read_adu,
     read_answer,
     read_request,
 )
+from tests.modbus.adu import read_adu
 
 TEST_TIMEOUT: Final = 5.0
 

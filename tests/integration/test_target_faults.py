@@ -30,12 +30,12 @@ from tests.integration.core_support import (
     echo,
     exception_answer,
     open_clients,
-    read_adu,
     read_answer,
     read_request,
     read_until_closed,
     seed_for,
 )
+from tests.modbus.adu import read_adu
 from tests.peers import refused_port
 
 TEST_TIMEOUT: Final = 5.0

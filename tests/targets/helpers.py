@@ -1,11 +1,9 @@
-"""Shared helpers for the example-target tests: connections and message readers."""
+"""Shared helpers for the example-target tests: message readers and request builders."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
-from collections.abc import AsyncIterator
 from typing import Final
 
 from tcp_multiplexer.framing.modbus import build_adu
@@ -13,25 +11,6 @@ from tcp_multiplexer.framing.modbus import build_adu
 HOST: Final = "127.0.0.1"
 TEST_TIMEOUT: Final = 5.0
 """Bound of every test body (asyncio.timeout); pytest-timeout is the outer guard."""
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """A stream connection to the target, closed (and its close awaited) on exit."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
-async def read_adu(reader: asyncio.StreamReader) -> bytes:
-    """One Modbus/TCP ADU."""
-    header = await reader.readexactly(7)
-    (length,) = struct.unpack_from(">H", header, 4)
-    return header + await reader.readexactly(length - 1)
 
 
 async def read_http_response(reader: asyncio.StreamReader, *, head: bool = False) -> bytes:

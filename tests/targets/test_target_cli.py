@@ -17,7 +17,8 @@ from tcp_multiplexer.config import Address
 from tcp_multiplexer.framing.base import ProtocolName
 from tcp_multiplexer.targets import Fault, OverLimit, TargetConfig
 from tcp_multiplexer.targets.cli import add_parser, config_from_args, run
-from tests.targets.helpers import TEST_TIMEOUT, connect
+from tests.helpers import open_client
+from tests.targets.helpers import TEST_TIMEOUT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,7 +163,7 @@ async def test_serves_until_sigterm_and_prints_counters() -> None:
             ready = (await process.stderr.readline()).decode()
             match = re.fullmatch(r"example-server echo listening on 127\.0\.0\.1:(\d+)\n", ready)
             assert match, ready
-            async with connect(int(match.group(1))) as (reader, writer):
+            async with open_client(int(match.group(1))) as (reader, writer):
                 writer.write(b"ping\n")
                 assert await reader.readline() == b"ping\n"
             process.send_signal(signal.SIGTERM)

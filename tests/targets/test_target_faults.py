@@ -21,13 +21,9 @@ from tcp_multiplexer.targets import (
     parse_fault,
 )
 from tcp_multiplexer.targets.modbus import WRONG_ID_OFFSET
-from tests.targets.helpers import (
-    TEST_TIMEOUT,
-    connect,
-    read_adu,
-    read_registers_request,
-    read_to_end,
-)
+from tests.helpers import open_client
+from tests.modbus.adu import read_adu
+from tests.targets.helpers import TEST_TIMEOUT, read_registers_request, read_to_end
 
 
 def _expected_faults(
@@ -86,7 +82,7 @@ async def test_answer_twice_hits_the_drawn_requests() -> None:
         line for line, fault in zip(lines, drawn, strict=True) for _ in range(2 if fault else 1)
     ]
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"".join(lines))
             received = [await reader.readline() for _ in expected]
         assert received == expected
@@ -103,7 +99,7 @@ async def test_no_answer_skips_only_the_drawn_requests() -> None:
     answered = [index for index, fault in enumerate(drawn) if fault is None]
     config = TargetConfig(protocol=ProtocolName.MODBUS, faults=faults, seed=1)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"".join(read_registers_request(index, 1, 0, 1) for index in range(count)))
             tids = [transaction_id(await read_adu(reader)) for _ in answered]
             await target.wait_for(lambda stats: stats.requests == count and stats.in_progress == 0)
@@ -119,7 +115,7 @@ async def test_wrong_id_changes_only_the_transaction_id() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         TargetServer(config) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(request)
         answer = await read_adu(reader)
@@ -134,7 +130,7 @@ async def test_garbage_is_the_seeded_random_bytes() -> None:
     request = read_registers_request(1, 1, 0, 3)
     size = len(ModbusDevice().answer(request).data)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(request)
             received = await reader.readexactly(size)
         assert target.stats.faults[Fault.GARBAGE] == 1
@@ -145,7 +141,7 @@ async def test_garbage_is_the_seeded_random_bytes() -> None:
 async def test_half_answer_close_sends_half_then_fin() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, faults=((Fault.HALF_ANSWER_CLOSE, 1.0),))
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"hello world\nnever answered\n")
             received, reset = await read_to_end(reader)
         assert (received, reset) == (b"hello ", False)
@@ -158,7 +154,7 @@ async def test_reset_sends_part_then_rst() -> None:
     request = build_adu(3, 1, struct.pack(">BHH", 3, 0, 10))
     correct = ModbusDevice().answer(request).data
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(request)
             received, reset = await read_to_end(reader)
         assert reset
@@ -173,7 +169,7 @@ async def test_late_answers_after_late_delay_and_keeps_order() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, faults=faults, seed=3, late_delay=late_delay)
     lines = [f"{index}\n".encode() for index in range(6)]
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             started = time.monotonic()
             writer.write(b"".join(lines))
             received = [await reader.readline() for _ in lines]
@@ -189,7 +185,7 @@ async def test_late_answers_after_late_delay_and_keeps_order() -> None:
 async def test_late_request_counts_as_in_progress() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, faults=((Fault.LATE, 1.0),), late_delay=0.2)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"slow\n")
             await target.wait_for(lambda stats: stats.requests == 1)
             assert (target.stats.in_progress, target.stats.answers) == (1, 0)
@@ -202,7 +198,7 @@ async def test_faults_apply_to_http() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         TargetServer(config) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         received, _reset = await read_to_end(reader)

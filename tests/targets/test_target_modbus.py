@@ -27,7 +27,9 @@ from tcp_multiplexer.targets.modbus import (
     pack_bits,
     unpack_bits,
 )
-from tests.targets.helpers import TEST_TIMEOUT, connect, read_adu, read_registers_request
+from tests.helpers import open_client
+from tests.modbus.adu import read_adu
+from tests.targets.helpers import TEST_TIMEOUT, read_registers_request
 
 
 @pytest.fixture
@@ -182,7 +184,7 @@ def test_bits_round_trip(count: int) -> None:
 
 async def test_pipelined_requests_keep_their_ids_and_order(target: TargetServer) -> None:
     requests = [read_registers_request(1000 + index, index % 3, index, 2) for index in range(50)]
-    async with asyncio.timeout(TEST_TIMEOUT), connect(target.port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), open_client(target.port) as (reader, writer):
         writer.write(b"".join(requests))
         answers = [await read_adu(reader) for _ in requests]
     for index, answer in enumerate(answers):
@@ -202,7 +204,7 @@ async def test_pipelined_requests_keep_their_ids_and_order(target: TargetServer)
 
 
 async def test_bad_mbap_header_closes_the_connection(target: TargetServer) -> None:
-    async with asyncio.timeout(TEST_TIMEOUT), connect(target.port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), open_client(target.port) as (reader, writer):
         writer.write(b"\x00\x01\x00\x01\x00\x06\x01\x03\x00\x00\x00\x01")
         assert await reader.read() == b""
     assert target.stats.framing_errors == 1

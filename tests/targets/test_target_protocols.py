@@ -26,7 +26,8 @@ from tcp_multiplexer.targets.http1 import (
     parse_request,
 )
 from tcp_multiplexer.targets.iso8583 import response_message
-from tests.targets.helpers import TEST_TIMEOUT, connect, read_http_response
+from tests.helpers import open_client
+from tests.targets.helpers import TEST_TIMEOUT, read_http_response
 
 
 def _target(protocol: ProtocolName) -> TargetServer:
@@ -35,7 +36,7 @@ def _target(protocol: ProtocolName) -> TargetServer:
 
 async def test_echo_answers_each_line_in_pieces_and_pipelined() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), _target(ProtocolName.ECHO) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"hel")
             await target.wait_for(lambda stats: stats.accepted == 1)
             writer.write(b"lo\nsecond\nthird")
@@ -50,7 +51,7 @@ async def test_echo_answers_each_line_in_pieces_and_pipelined() -> None:
 async def test_echo_answers_pending_lines_after_client_eof() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, delay=0.05)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"a\nb\n")
             writer.write_eof()
             assert await reader.read() == b"a\nb\n"
@@ -60,7 +61,7 @@ async def test_echo_answers_pending_lines_after_client_eof() -> None:
 async def test_echo_throughput_of_pipelined_lines() -> None:
     lines = [f"line {index}\n".encode() for index in range(5000)]
     async with asyncio.timeout(TEST_TIMEOUT), _target(ProtocolName.ECHO) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"".join(lines))
             received = await reader.readexactly(sum(map(len, lines)))
         assert received == b"".join(lines)
@@ -77,7 +78,7 @@ async def test_iso8583_answers_0200_with_0210() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         _target(ProtocolName.ISO8583) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(_iso_message("0200") + _iso_message("0800"))
         answers = []
@@ -107,7 +108,7 @@ def test_iso8583_response_message(request_message: bytes, answer: bytes) -> None
 async def test_mpu_echoes_messages() -> None:
     messages = [b"0005hello", b"0000", b"0011hello world"]
     async with asyncio.timeout(TEST_TIMEOUT), _target(ProtocolName.MPU) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             stream = b"".join(messages)
             writer.write(stream[:7])
             await target.wait_for(lambda stats: stats.accepted == 1)
@@ -118,7 +119,7 @@ async def test_mpu_echoes_messages() -> None:
 
 async def test_mpu_bad_prefix_closes() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), _target(ProtocolName.MPU) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"00x5hello")
             assert await reader.read() == b""
         assert target.stats.framing_errors == 1
@@ -170,7 +171,7 @@ async def test_http_with_h11_client_and_chunked_body() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         _target(ProtocolName.HTTP) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(request)
         body = b""
@@ -197,7 +198,7 @@ async def test_http_pipelined_requests_answered_in_order() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         _target(ProtocolName.HTTP) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(requests)
         first = await read_http_response(reader)
@@ -239,7 +240,7 @@ async def test_http_pipelined_requests_answered_in_order() -> None:
 )
 async def test_http_rejects_bad_requests(request_bytes: bytes, status: bytes) -> None:
     async with asyncio.timeout(TEST_TIMEOUT), _target(ProtocolName.HTTP) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(request_bytes)
             reply = await reader.read()
         assert reply.startswith(b"HTTP/1.1 " + status)

@@ -11,7 +11,8 @@ import pytest
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.framing.base import ProtocolName
 from tcp_multiplexer.targets import OverLimit, TargetConfig, TargetServer
-from tests.targets.helpers import HOST, TEST_TIMEOUT, connect, read_to_end
+from tests.helpers import open_client
+from tests.targets.helpers import HOST, TEST_TIMEOUT, read_to_end
 
 
 async def test_port_is_bound_after_start_and_kept() -> None:
@@ -37,7 +38,7 @@ async def test_delay_serves_pipelined_requests_one_after_another() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, delay=delay)
     lines = [f"request {index}\n".encode() for index in range(5)]
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             started = time.monotonic()
             writer.write(b"".join(lines))
             await target.wait_for(lambda stats: stats.requests == 5)
@@ -54,7 +55,7 @@ async def test_max_concurrent_counts_requests_across_connections() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, delay=0.2)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
         async with contextlib.AsyncExitStack() as stack:
-            streams = [await stack.enter_async_context(connect(target.port)) for _ in range(4)]
+            streams = [await stack.enter_async_context(open_client(target.port)) for _ in range(4)]
             for index, (_reader, writer) in enumerate(streams):
                 writer.write(f"{index}\n".encode())
             await target.wait_for(lambda stats: stats.in_progress == 4)
@@ -70,14 +71,14 @@ async def test_max_concurrent_counts_requests_across_connections() -> None:
 async def test_over_limit_close() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, max_connections=1)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"first\n")
             assert await reader.readline() == b"first\n"
-            async with connect(target.port) as (extra_reader, _extra_writer):
+            async with open_client(target.port) as (extra_reader, _extra_writer):
                 assert await read_to_end(extra_reader) == (b"", False)
             assert (target.stats.accepted, target.stats.rejected) == (2, 1)
         await target.wait_for(lambda stats: stats.open_connections == 0)
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"again\n")
             assert await reader.readline() == b"again\n"
         assert target.stats.rejected == 1
@@ -86,8 +87,8 @@ async def test_over_limit_close() -> None:
 async def test_over_limit_hang() -> None:
     config = TargetConfig(protocol=ProtocolName.ECHO, max_connections=1, over_limit=OverLimit.HANG)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
-            async with connect(target.port) as (hung_reader, hung_writer):
+        async with open_client(target.port) as (reader, writer):
+            async with open_client(target.port) as (hung_reader, hung_writer):
                 await target.wait_for(lambda stats: stats.hanging == 1)
                 hung_writer.write(b"anyone?\n")
                 writer.write(b"served\n")
@@ -105,7 +106,7 @@ async def test_stop_closes_hanging_connections() -> None:
     async with asyncio.timeout(TEST_TIMEOUT):
         target = TargetServer(config)
         await target.start()
-        async with connect(target.port), connect(target.port) as (hung_reader, _writer):
+        async with open_client(target.port), open_client(target.port) as (hung_reader, _writer):
             await target.wait_for(lambda stats: stats.hanging == 1)
             await target.stop()
             assert (await read_to_end(hung_reader))[0] == b""
@@ -115,7 +116,7 @@ async def test_stop_closes_hanging_connections() -> None:
 async def test_go_down_and_come_up_on_the_same_port() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(TargetConfig()) as target:
         port = target.port
-        async with connect(port) as (reader, writer):
+        async with open_client(port) as (reader, writer):
             writer.write(b"before\n")
             assert await reader.readline() == b"before\n"
             await target.go_down()
@@ -126,7 +127,7 @@ async def test_go_down_and_come_up_on_the_same_port() -> None:
             await asyncio.open_connection(HOST, port)
         await target.come_up()
         assert target.port == port
-        async with connect(port) as (reader, writer):
+        async with open_client(port) as (reader, writer):
             writer.write(b"after\n")
             assert await reader.readline() == b"after\n"
         assert target.stats.accepted == 2
@@ -134,11 +135,11 @@ async def test_go_down_and_come_up_on_the_same_port() -> None:
 
 async def test_drop_connections_keeps_listening() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(TargetConfig()) as target:
-        async with connect(target.port) as (reader, _writer):
+        async with open_client(target.port) as (reader, _writer):
             await target.wait_for(lambda stats: stats.open_connections == 1)
             await target.drop_connections(reset=True)
             assert await read_to_end(reader) == (b"", True)
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"still here\n")
             assert await reader.readline() == b"still here\n"
 
@@ -147,7 +148,7 @@ async def test_accept_close_resets_every_connection() -> None:
     config = TargetConfig(accept_close=True)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
         for _ in range(2):
-            async with connect(target.port) as (reader, _writer):
+            async with open_client(target.port) as (reader, _writer):
                 assert await read_to_end(reader) == (b"", True)
         assert (target.stats.accepted, target.stats.rejected) == (2, 2)
         assert target.stats.open_connections == 0
@@ -156,7 +157,7 @@ async def test_accept_close_resets_every_connection() -> None:
 async def test_close_after_closes_each_connection() -> None:
     config = TargetConfig(close_after=0.1)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
-        async with connect(target.port) as (reader, writer):
+        async with open_client(target.port) as (reader, writer):
             writer.write(b"quick\n")
             assert await reader.readline() == b"quick\n"
             assert await read_to_end(reader) == (b"", False)
@@ -167,13 +168,13 @@ async def test_outage_cycle_refuses_then_recovers() -> None:
     config = TargetConfig(outage_every=0.05, outage_for=0.5)
     async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as target:
         port = target.port
-        async with connect(port) as (reader, _writer):
+        async with open_client(port) as (reader, _writer):
             await target.wait_for(lambda stats: stats.outages == 1 and not stats.listening)
             assert (await read_to_end(reader))[0] == b""
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(HOST, port)
         await target.wait_for(lambda stats: stats.listening)
-        async with connect(port) as (reader, writer):
+        async with open_client(port) as (reader, writer):
             writer.write(b"back\n")
             assert await reader.readline() == b"back\n"
 
@@ -193,7 +194,7 @@ async def test_wait_for_passes_on_predicate_errors() -> None:
             return False
 
         waiter = asyncio.create_task(target.wait_for(broken))
-        async with connect(target.port):
+        async with open_client(target.port):
             with pytest.raises(ZeroDivisionError):
                 await waiter
 
@@ -221,7 +222,7 @@ async def test_client_that_does_not_read_is_paused_then_served_in_full() -> None
     async with (
         asyncio.timeout(TEST_TIMEOUT * 2),
         TargetServer(TargetConfig()) as target,
-        connect(target.port) as (reader, writer),
+        open_client(target.port) as (reader, writer),
     ):
         writer.write(b"".join(lines))
         await target.wait_for(lambda stats: stats.read_pauses > 0)
