@@ -33,9 +33,14 @@ from mux_process import START_TIMEOUT, STOP_TIMEOUT, MultiplexerProcess
 
 from tcp_multiplexer.config import parse_duration
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import MBAP_HEADER_SIZE, FunctionCode, build_adu, read_request
-from tcp_multiplexer.targets.modbus import holding_register_value
+from tcp_multiplexer.protocols.modbus.device import holding_register_value
+from tcp_multiplexer.protocols.modbus.mbap import (
+    MBAP_HEADER_SIZE,
+    FunctionCode,
+    build_adu,
+    read_request,
+)
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 
 LOOPBACK: Final = "127.0.0.1"

@@ -2,9 +2,11 @@
 
 Runs the multiplexer's own request path in one process: a client's bytes go into a
 `ClientSession`, through the `Dispatcher` to an `UpstreamConnection`, and the target's
-answer comes back the same way. In-memory transports stand in for the sockets and the
-target answers at once, so what this measures is the multiplexer's Python work per
-request and nothing else: no system calls, no event-loop wake-ups, no load generator.
+answer comes back the same way. A real bridge runs, with its real pool, but reaches its
+target through `tcp_multiplexer.testing`'s memory connections; in-memory transports
+stand in for the client sockets too, and the target answers at once, so what this
+measures is the multiplexer's Python work per request and nothing else: no system
+calls, no event-loop wake-ups, no load generator.
 With 16 clients each keeps one request outstanding, as in the main benchmark table, so
 requests wait in the fair queue while the target link is busy.
 
@@ -32,70 +34,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Final, cast
 
-from tcp_multiplexer.config import Address, ServerConfig
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.server import Multiplexer
-from tcp_multiplexer.session import ClientSession
-from tcp_multiplexer.upstream import UpstreamConnection
-
-if TYPE_CHECKING:
-    from tcp_multiplexer.pool import UpstreamPool
+from tcp_multiplexer.app import App
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
+from tcp_multiplexer.core.session import ClientSession
+from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.testing import MemoryConnector, MemoryTransport
 
 PROTOCOLS: Final = ("echo", "modbus", "http")
 UNUSED_TARGET: Final = Address("127.0.0.1", 9)
-"""The discard port: the real pool is closed before anything is measured."""
-
-
-class MemoryTransport:
-    """Just enough of an asyncio transport: keeps what is written, counts writes."""
-
-    def __init__(self, on_write: Callable[[], None] | None = None) -> None:
-        self.last = b""
-        self.writes = 0
-        self._on_write = on_write
-
-    def write(self, data: bytes) -> None:
-        self.last = data
-        self.writes += 1
-        if self._on_write is not None:
-            self._on_write()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name in ("peername", "sockname") else default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
-class OneConnectionPool:
-    """Stands in for the pool: one target connection, always up."""
-
-    unreachable = False
-
-    def __init__(self, connection: UpstreamConnection) -> None:
-        self._connection = connection
-
-    def available_connection(self) -> UpstreamConnection | None:
-        return self._connection if self._connection.can_send else None
-
-    def demand(self) -> None:
-        pass
+"""Never connected to: the bridge reaches its target through memory connections."""
 
 
 def request_bytes(protocol: str, client: int, sequence: int) -> bytes:
@@ -126,34 +78,31 @@ def answer_bytes(protocol: str, wire: bytes) -> bytes:
 
 async def measure(protocol: str, clients: int, requests: int) -> float:
     """Seconds per request for `requests` answered requests."""
-    config = ServerConfig(
+    connector = MemoryConnector(record=False)
+    bridge_config = BridgeConfig(
+        name="bench",
         protocol=ProtocolName(protocol),
         target=UNUSED_TARGET,
-        listen=Address("127.0.0.1", 0),
-        metrics_interval=0,
+        listen=(Address("127.0.0.1", 0),),
     )
-    mux = Multiplexer(config)
-    await mux.start()
-    await mux.pool.close()
-    target = MemoryTransport()
-    connection = UpstreamConnection(
-        "target",
-        mux.codec,
-        mux.dispatcher,
-        mux.metrics,
-        mux.spinner,
-        timeout=60.0,
-        max_inflight=1,
+    app = App(
+        AppConfig(bridges=(bridge_config,), metrics_interval=0),
+        connector_for=lambda config: connector,
     )
-    connection.connection_made(cast(asyncio.Transport, target))
-    connection.mark_ready()
-    mux.dispatcher.attach_pool(cast("UpstreamPool", OneConnectionPool(connection)))
+    await app.start()
+    bridge = app.bridges["bench"]
+    for _round in range(100):  # the slot task connects within a few loop rounds
+        if bridge.pool.connections:
+            break
+        await asyncio.sleep(0)
+    target, connection = connector.last
     answered: list[int] = []
     sessions: list[ClientSession] = []
     for index in range(clients):
-        session = ClientSession(mux, index + 1)
+        session = ClientSession(bridge, index + 1)
         note_answer = functools.partial(answered.append, index)
-        session.connection_made(cast(asyncio.Transport, MemoryTransport(note_answer)))
+        client = MemoryTransport(on_write=note_answer, record=False)
+        session.connection_made(cast(asyncio.Transport, client))
         sessions.append(session)
     try:
         for index, session in enumerate(sessions):
@@ -165,7 +114,7 @@ async def measure(protocol: str, clients: int, requests: int) -> float:
             sessions[index].data_received(request_bytes(protocol, index, sequence))
         elapsed = time.perf_counter() - started
     finally:
-        await mux.shutdown(grace=0.0)
+        await app.stop(grace=0.0)
     if target.writes != requests + 1:
         raise RuntimeError(f"the target got {target.writes} requests, expected {requests + 1}")
     return elapsed / requests

@@ -50,8 +50,13 @@ from typing import Final
 
 from mux_process import MultiplexerProcess, Sample
 
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, FunctionCode, build_adu, read_request
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    FunctionCode,
+    build_adu,
+    read_request,
+)
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import Fault, TargetConfig, TargetServer, holding_register_value
 
 LOOPBACK: Final = "127.0.0.1"

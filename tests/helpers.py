@@ -15,8 +15,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from tcp_multiplexer.config import Address, ServerConfig
-from tcp_multiplexer.server import Multiplexer
+from tcp_multiplexer.app import App
+from tcp_multiplexer.bridge import Bridge
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
+from tcp_multiplexer.options import Address
 
 LOOPBACK = "127.0.0.1"
 
@@ -33,31 +35,50 @@ async def eventually(
         await asyncio.sleep(0.005)
 
 
-def mux_config(target_port: int, **overrides: Any) -> ServerConfig:
-    """A ServerConfig on loopback port 0 with test-friendly timings."""
-    base = ServerConfig(
+APP_FIELDS = frozenset(("busy_poll", "metrics_interval", "log_level"))
+"""mux_config overrides that belong to the process, not the bridge."""
+
+
+def mux_config(target_port: int, **overrides: Any) -> AppConfig:
+    """One bridge on loopback port 0 with test-friendly timings, in an AppConfig.
+
+    Overrides are fields of BridgeConfig or AppConfig; ``modbus=ModbusOptions(...)``
+    sets the protocol options.
+    """
+    app = {key: overrides.pop(key) for key in list(overrides) if key in APP_FIELDS}
+    if "modbus" in overrides:
+        overrides["protocol_options"] = overrides.pop("modbus")
+    bridge = BridgeConfig(
+        name="test",
         target=Address(LOOPBACK, target_port),
-        listen=Address(LOOPBACK, 0),
+        listen=(Address(LOOPBACK, 0),),
         timeout=5.0,
         connect_timeout=2.0,
         reconnect_backoff=0.05,
-        metrics_interval=0.0,
     )
-    return replace(base, **overrides)
+    return AppConfig(bridges=(replace(bridge, **overrides),), **{"metrics_interval": 0.0, **app})
 
 
 @contextlib.asynccontextmanager
-async def running_multiplexer(config: ServerConfig) -> AsyncIterator[Multiplexer]:
-    """A started in-process Multiplexer, shut down on exit (also on failure)."""
-    multiplexer = Multiplexer(config)
-    await multiplexer.start()
+async def running_app(config: AppConfig) -> AsyncIterator[App]:
+    """A started in-process App, stopped on exit (also on failure)."""
+    app = App(config)
+    await app.start()
     try:
-        yield multiplexer
+        yield app
     finally:
-        await multiplexer.shutdown(grace=1.0)
+        await app.stop(grace=1.0)
 
 
-async def wait_for_target_connection(multiplexer: Multiplexer, count: int = 1) -> None:
+@contextlib.asynccontextmanager
+async def running_multiplexer(config: AppConfig) -> AsyncIterator[Bridge]:
+    """The one bridge of `config`, running in an in-process App, stopped on exit."""
+    async with running_app(config) as app:
+        (bridge,) = app.bridges.values()
+        yield bridge
+
+
+async def wait_for_target_connection(multiplexer: Bridge, count: int = 1) -> None:
     """Wait until the pool holds `count` target connections."""
     await eventually(
         lambda: multiplexer.pool.connections >= count, message=f"{count} target connection(s)"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
-from tcp_multiplexer.backoff import Backoff
-from tcp_multiplexer.framing.base import FailureReason
-from tcp_multiplexer.metrics import LATENCY_BUCKETS_S, LatencyHistogram, Metrics
+from tcp_multiplexer.core.backoff import Backoff
+from tcp_multiplexer.core.interfaces import FailureReason
+from tcp_multiplexer.observability.metrics import (
+    LATENCY_BUCKETS_S,
+    BridgeMetrics,
+    ClientMetrics,
+    LatencyHistogram,
+    TargetMetrics,
+)
 
 
 def test_backoff_doubles_from_the_initial_delay_within_half_jitter() -> None:
@@ -60,16 +67,80 @@ def test_latency_percentiles_come_from_the_buckets() -> None:
     assert histogram.percentile(1.0) == LATENCY_BUCKETS_S[-1]
 
 
+def test_quantiles_are_interpolated_within_their_bucket() -> None:
+    histogram = LatencyHistogram()
+    assert histogram.quantile(0.99) == 0.0
+    for _ in range(100):
+        histogram.observe(0.0018)  # in the bucket (1.5 ms, 2 ms]
+    assert histogram.percentile(0.5) == 0.002, "the bound: at most"
+    assert histogram.quantile(0.5) == pytest.approx(0.00175)
+    assert 0.0015 < histogram.quantile(0.01) < histogram.quantile(0.99) <= 0.002
+    histogram.observe(1000.0)
+    assert histogram.quantile(1.0) == LATENCY_BUCKETS_S[-1]
+
+
+def bridge_metrics(target: TargetMetrics) -> BridgeMetrics:
+    return BridgeMetrics(
+        ClientMetrics(accepted=1),
+        [target],
+        clients_now=lambda: 1,
+        connections_now=lambda: 1,
+        waiting_now=lambda: 0,
+    )
+
+
 def test_metrics_snapshot_line_and_latency_window() -> None:
-    metrics = Metrics()
-    metrics.requests = 3
-    metrics.replies = 3
-    metrics.count_failure(FailureReason.TIMEOUT)
-    metrics.events["coalesced"] += 2
-    metrics.latency.observe(0.002)
-    line = metrics.snapshot(reset_latency=True).log_line()
+    target = TargetMetrics()
+    metrics = bridge_metrics(target)
+    target.requests = 3
+    target.answers = 2
+    target.count_gateway(FailureReason.TIMEOUT)
+    target.coalesced += 2
+    target.latency.observe(0.002)
+    window = metrics.snapshot()
+    line = window.log_line()
     assert "requests=3" in line
+    assert "replies=3" in line
     assert "failures=[timeout=1]" in line
     assert "coalesced=2" in line
     assert "p99=2.00ms" in line
-    assert metrics.snapshot().latency_p99_s == 0.0
+    assert metrics.snapshot().since(window).latency_p99_s == 0.0
+
+
+def test_counters_only_grow_and_windows_are_differences() -> None:
+    target = TargetMetrics()
+    metrics = bridge_metrics(target)
+    target.requests = 10
+    target.latency.observe(0.5)
+    first = metrics.snapshot()
+    target.requests = 25
+    target.latency.observe(0.001)
+    target.count_gateway(FailureReason.BUSY)
+    second = metrics.snapshot()
+    window = second.since(first)
+    assert (window.requests, window.failures) == (15, {"busy": 1})
+    assert window.latency.count == 1
+    assert window.latency_mean_s == pytest.approx(0.001)
+    assert second.latency.count == 2, "the lifetime histogram keeps every answer"
+    line = second.interval_line(first, 5.0)
+    assert "requests=25" in line, "the periodic line gives lifetime counts"
+    assert "rate=3.0/s" in line
+    assert "mean=1.00ms" in line, "and the latency of the window"
+
+
+def test_events_start_at_zero_but_only_those_that_happened_are_shown() -> None:
+    target = TargetMetrics(Counter({"cache_hits": 0, "writes_refused": 0}))
+    metrics = bridge_metrics(target)
+    assert not metrics.events
+    target.events["cache_hits"] += 1
+    assert metrics.events == {"cache_hits": 1}
+    assert set(target.events) == {"cache_hits", "writes_refused"}
+
+
+def test_device_answers_and_gateway_answers_are_timed_apart() -> None:
+    target = TargetMetrics()
+    target.latency.observe(0.020)
+    target.gateway_latency.observe(0.0001)
+    snapshot = bridge_metrics(target).snapshot()
+    assert snapshot.latency_mean_s == pytest.approx(0.020), "an outage does not lower it"
+    assert snapshot.gateway_latency.mean() == pytest.approx(0.0001)

@@ -1,4 +1,4 @@
-"""The command line: every flag reaches ServerConfig; bad input exits 2 with one line."""
+"""The command line: every flag reaches the config; bad input exits 2 with one line."""
 
 from __future__ import annotations
 
@@ -10,17 +10,37 @@ import pytest
 
 from tcp_multiplexer import __version__
 from tcp_multiplexer.cli import build_parser, config_from_args, main
-from tcp_multiplexer.config import Address, ModbusOptions, ServerConfig
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
+from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.spec import ProtocolName
 
 
-def parse(*argv: str) -> ServerConfig:
-    return config_from_args(build_parser().parse_args(["server", *argv]))
+class Parsed:
+    """The one bridge's settings, and the process's, from one command line."""
+
+    def __init__(self, app: AppConfig) -> None:
+        (self.bridge,) = app.bridges
+        self.app = app
+
+    def __getattr__(self, name: str) -> object:
+        if name == "modbus":
+            return self.bridge.protocol_options
+        if name == "listen":
+            (address,) = self.bridge.listen
+            return address
+        if name in AppConfig.__dataclass_fields__:
+            return getattr(self.app, name)
+        return getattr(self.bridge, name)
+
+
+def parse(*argv: str) -> Parsed:
+    return Parsed(config_from_args(build_parser().parse_args(["server", *argv])))
 
 
 def test_defaults_match_the_reference() -> None:
     config = parse()
-    assert config == ServerConfig()
+    assert config.app == AppConfig(bridges=(BridgeConfig(),))
     assert config.protocol is ProtocolName.ECHO
     assert config.target == Address("127.0.0.1", 1234)
     assert config.listen == Address("", 8000)
@@ -64,10 +84,24 @@ def test_defaults_match_the_reference() -> None:
         pytest.param(["--no-coalesce"], "modbus", ModbusOptions(coalesce=False), id="coalesce"),
         pytest.param(["--cache-ttl", "2s"], "modbus", ModbusOptions(cache_ttl=2.0), id="cache"),
         pytest.param(["--read-only"], "modbus", ModbusOptions(read_only=True), id="readonly"),
+        pytest.param(["-v"], "log_level", "info", id="verbose"),
+        pytest.param(["-v", "-d"], "log_level", "debug", id="debug"),
+        pytest.param(["--log-level", "INFO"], "log_level", "info", id="log-level"),
+        pytest.param(["--name", "inverter"], "name", "inverter", id="name"),
     ],
 )
 def test_every_flag_reaches_the_config(argv: list[str], field: str, expected: object) -> None:
+    if field == "modbus":
+        argv = ["-p", "modbus", *argv]
     assert getattr(parse(*argv), field) == expected
+
+
+def test_listen_may_be_repeated() -> None:
+    (bridge,) = config_from_args(
+        build_parser().parse_args(["server", "-l", "127.0.0.1:5020", "-l", "[::1]:5020"])
+    ).bridges
+    assert bridge.listen == (Address("127.0.0.1", 5020), Address("::1", 5020))
+    assert bridge.name == "127.0.0.1:5020"
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +129,8 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
         pytest.param(["--max-connections", "0"], "below the minimum", id="zero-conns"),
         pytest.param(["--max-inflight", "x"], "not a whole number", id="inflight-word"),
         pytest.param(["--no-such-flag"], "unrecognized arguments", id="unknown-flag"),
+        pytest.param(["--cache-ttl", "1s"], "is a modbus option", id="other-protocols-option"),
+        pytest.param(["-l", "5020", "-l", "5020"], "given twice", id="listen-twice"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str) -> None:

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tcp_multiplexer.config import (
-    Address,
-    ModbusOptions,
-    ServerConfig,
-    parse_duration,
-    parse_listen,
-    parse_target,
-)
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.options import Address, parse_duration, parse_listen, parse_target
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 
 
 @pytest.mark.parametrize(
@@ -68,14 +63,39 @@ def test_bad_targets(text: str) -> None:
         {"max_inflight": 0},
         {"max_inflight": 5000},
         {"request_gap": -1.0},
-        {"busy_poll": -1.0},
     ],
 )
 def test_config_rejects_bad_values(fields: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
-        ServerConfig(**fields)  # type: ignore[arg-type]
+        BridgeConfig(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fields", [{"busy_poll": -1.0}, {"metrics_interval": -1.0}])
+def test_process_config_rejects_bad_values(fields: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        AppConfig(**fields)  # type: ignore[arg-type]
 
 
 def test_negative_cache_ttl_is_rejected() -> None:
     with pytest.raises(ConfigError):
         ModbusOptions(cache_ttl=-1.0)
+
+
+def test_a_bridge_is_named_after_its_first_listen_address() -> None:
+    config = BridgeConfig(listen=(Address("127.0.0.1", 5020), Address("", 5021)))
+    assert config.name == "127.0.0.1:5020"
+    assert BridgeConfig(name="inverter").name == "inverter"
+
+
+def test_protocol_options_must_be_the_protocols_own() -> None:
+    assert BridgeConfig(protocol="modbus").protocol_options == ModbusOptions()
+    with pytest.raises(ConfigError, match="are not echo options"):
+        BridgeConfig(protocol="echo", protocol_options=ModbusOptions())
+
+
+def test_bridges_need_distinct_names_and_addresses() -> None:
+    one = BridgeConfig(name="a", listen=(Address("", 5020),))
+    with pytest.raises(ConfigError, match="two bridges are named 'a'"):
+        AppConfig(bridges=(one, BridgeConfig(name="a", listen=(Address("", 5021),))))
+    with pytest.raises(ConfigError, match="both listen on :5020"):
+        AppConfig(bridges=(one, BridgeConfig(name="b", listen=(Address("", 5020),))))

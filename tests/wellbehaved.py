@@ -38,8 +38,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Protocol, Self
 
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import EXCEPTION_FLAG, FunctionCode, build_adu, read_request
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    FunctionCode,
+    build_adu,
+    read_request,
+)
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import holding_register_value
 from tests.helpers import LOOPBACK, eventually
 

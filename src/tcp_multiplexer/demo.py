@@ -24,12 +24,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
-from tcp_multiplexer.config import Address, ModbusOptions, ServerConfig, parse_duration
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import MbapFramer, read_request
-from tcp_multiplexer.metrics import LatencyHistogram
-from tcp_multiplexer.targets.modbus import holding_register_value
+from tcp_multiplexer.observability.metrics import LatencyHistogram
+from tcp_multiplexer.options import Address, parse_duration
+from tcp_multiplexer.protocols.modbus.device import holding_register_value
+from tcp_multiplexer.protocols.modbus.mbap import MbapFramer, read_request
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
 
 DEVICE_ANSWER_DELAY: Final = 0.020
@@ -122,7 +123,7 @@ def _ms(seconds: float) -> str:
 
 async def run_demo(duration: float, out: TextIO) -> int:
     """Run the demo for `duration` seconds (or until SIGINT/SIGTERM); 0 if all went well."""
-    from tcp_multiplexer.server import Multiplexer
+    from tcp_multiplexer.app import App
 
     # The demo prints its own story; the daemon's start/stop lines would interrupt it.
     logging.getLogger("tcp_multiplexer").setLevel(logging.ERROR)
@@ -135,18 +136,23 @@ async def run_demo(duration: float, out: TextIO) -> int:
         )
     )
     await device.start()
-    multiplexer = Multiplexer(
-        ServerConfig(
-            protocol=ProtocolName.MODBUS,
-            target=Address("127.0.0.1", device.port),
-            listen=Address("127.0.0.1", 0),
-            timeout=2.0,
-            reconnect_backoff=0.2,
+    app = App(
+        AppConfig(
+            bridges=(
+                BridgeConfig(
+                    name="inverter",
+                    protocol=ProtocolName.MODBUS,
+                    target=Address("127.0.0.1", device.port),
+                    listen=(Address("127.0.0.1", 0),),
+                    timeout=2.0,
+                    reconnect_backoff=0.2,
+                ),
+            ),
             metrics_interval=0.0,
-            modbus=ModbusOptions(coalesce=True),
         )
     )
-    await multiplexer.start()
+    await app.start()
+    multiplexer = app.bridges["inverter"]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -204,7 +210,7 @@ async def run_demo(duration: float, out: TextIO) -> int:
     finally:
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        await multiplexer.shutdown(grace=1.0)
+        await app.stop(grace=1.0)
         await device.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -217,7 +223,7 @@ async def run_demo(duration: float, out: TextIO) -> int:
         print(
             f"  {name:<15} {s.answers:5d} correct answers, {s.wrong} wrong, "
             f"{s.exceptions} exceptions, latency mean {_ms(s.latency.mean())} "
-            f"p99 {_ms(s.latency.percentile(0.99))}",
+            f"p99 {_ms(s.latency.quantile(0.99))}",
             file=out,
         )
     gateway_answers = dict(multiplexer.metrics.failures)

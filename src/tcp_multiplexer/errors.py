@@ -8,7 +8,27 @@ class MultiplexerError(Exception):
 
 
 class ConfigError(MultiplexerError):
-    """A command-line or configuration value is invalid."""
+    """A command-line or configuration value is invalid.
+
+    `key` names the option it is about (``timeout``), when it is about one: the command
+    line shows it as the flag (``--timeout must be positive``), a config file as the key
+    (``timeout: must be positive``).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.bridge: str | None = None
+        """The bridge it is about, in a config with several."""
+
+    def as_flag(self) -> str:
+        """The error as the command line says it."""
+        return f"--{self.key} {self.message}" if self.key else self.message
+
+    def as_key(self) -> str:
+        """The error as a config file check says it."""
+        return f"{self.key}: {self.message}" if self.key else self.message
 
 
 class FramingError(MultiplexerError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from tcp_multiplexer.framing.modbus import MBAP_HEADER_SIZE
+from tcp_multiplexer.protocols.modbus.mbap import MBAP_HEADER_SIZE
 
 
 def line(text: bytes) -> bytes:

@@ -12,8 +12,8 @@ from itertools import pairwise
 
 import pytest
 
+from tcp_multiplexer.core.interfaces import Framer
 from tcp_multiplexer.errors import FramingError
-from tcp_multiplexer.framing.base import Framer
 
 MakeFramer = Callable[[], Framer]
 

@@ -1,4 +1,4 @@
-"""SymmetricCodec (echo, ISO-8583, MPU) and the protocol registry."""
+"""PassThroughCodec (echo, ISO-8583, MPU), and the protocol registry and specs."""
 
 from __future__ import annotations
 
@@ -6,27 +6,26 @@ from collections.abc import Callable
 
 import pytest
 
-from tcp_multiplexer.framing import (
-    CodecOptions,
-    Correlation,
-    FailureReason,
-    ProtocolName,
-    make_codec,
-    protocol_names,
-)
-from tcp_multiplexer.framing.codecs import SymmetricCodec, echo_codec, iso8583_codec, mpu_codec
-from tests.framing.builders import iso, line, mbap, mpu, ok, post
+from tcp_multiplexer.core.interfaces import Correlation, FailureReason
+from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.protocols import echo, iso8583, mpu
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.passthrough import PassThroughCodec
+from tcp_multiplexer.protocols.registry import SPECS, get_spec, protocol_names
+from tcp_multiplexer.protocols.spec import ProtocolName
+from tests.framing.builders import iso, line, mbap, ok, post
+from tests.framing.builders import mpu as mpu_message
 
 SYMMETRIC = [
-    pytest.param(echo_codec, ProtocolName.ECHO, line(b"ping"), id="echo"),
-    pytest.param(iso8583_codec, ProtocolName.ISO8583, iso(b"\x08\x00ping"), id="iso8583"),
-    pytest.param(mpu_codec, ProtocolName.MPU, mpu(b"ping"), id="mpu"),
+    pytest.param(echo.codec, ProtocolName.ECHO, line(b"ping"), id="echo"),
+    pytest.param(iso8583.codec, ProtocolName.ISO8583, iso(b"\x08\x00ping"), id="iso8583"),
+    pytest.param(mpu.codec, ProtocolName.MPU, mpu_message(b"ping"), id="mpu"),
 ]
 
 
 @pytest.mark.parametrize(("make", "name", "message"), SYMMETRIC)
 def test_symmetric_codec_frames_both_directions_alike(
-    make: Callable[[], SymmetricCodec], name: ProtocolName, message: bytes
+    make: Callable[[], PassThroughCodec], name: ProtocolName, message: bytes
 ) -> None:
     codec = make()
     assert codec.name is name
@@ -40,30 +39,32 @@ def test_symmetric_codec_frames_both_directions_alike(
 @pytest.mark.parametrize(("make", "name", "message"), SYMMETRIC)
 @pytest.mark.parametrize("reason", list(FailureReason))
 def test_symmetric_codec_closes_the_client_on_failure(
-    make: Callable[[], SymmetricCodec], name: ProtocolName, message: bytes, reason: FailureReason
+    make: Callable[[], PassThroughCodec], name: ProtocolName, message: bytes, reason: FailureReason
 ) -> None:
-    assert make().error_reply(message, reason) is None
+    assert make().gateway_answer(message, reason) is None
 
 
 @pytest.mark.parametrize(("make", "name", "message"), SYMMETRIC)
 def test_symmetric_codec_keeps_connections_and_replies(
-    make: Callable[[], SymmetricCodec], name: ProtocolName, message: bytes
+    make: Callable[[], PassThroughCodec], name: ProtocolName, message: bytes
 ) -> None:
     codec = make()
-    assert not codec.request_ends_connection(message)
-    assert not codec.reply_ends_connection(message)
-    assert codec.restore_reply(message, message + b"reply") == message + b"reply"
+    requests = codec.request_framer()
+    assert requests.feed(message) == [message]
+    assert requests.closing_at == -1
+    assert codec.transparent
+    assert codec.encode(message, 7) == message
+    assert codec.decode(message, message + b"reply") == message + b"reply"
 
 
 @pytest.mark.parametrize(("make", "name", "message"), SYMMETRIC)
 def test_symmetric_codec_has_no_request_ids(
-    make: Callable[[], SymmetricCodec], name: ProtocolName, message: bytes
+    make: Callable[[], PassThroughCodec], name: ProtocolName, message: bytes
 ) -> None:
     codec = make()
-    with pytest.raises(NotImplementedError, match=f"{name} has no request ids"):
-        codec.request_id(message)
-    with pytest.raises(NotImplementedError, match="no request ids"):
-        codec.with_request_id(message, 1)
+    assert codec.id_space == 0
+    with pytest.raises(NotImplementedError, match=f"{name} answers are matched in order"):
+        codec.answer_id(message)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def test_symmetric_codec_has_no_request_ids(
     [
         pytest.param(ProtocolName.ECHO, line(b"ping"), line(b"pong"), id="echo"),
         pytest.param(ProtocolName.ISO8583, iso(b"\x08\x00ping"), iso(b"\x08\x10pong"), id="iso"),
-        pytest.param(ProtocolName.MPU, mpu(b"ping"), mpu(b"pong"), id="mpu"),
+        pytest.param(ProtocolName.MPU, mpu_message(b"ping"), mpu_message(b"pong"), id="mpu"),
         pytest.param(
             ProtocolName.MODBUS,
             mbap(1, 1, b"\x03\x00\x00\x00\x01"),
@@ -84,10 +85,14 @@ def test_symmetric_codec_has_no_request_ids(
 def test_framers_offer_no_interim_reply_for_ordinary_messages(
     name: ProtocolName, request_: bytes, reply: bytes
 ) -> None:
-    codec = make_codec(name)
-    responses = codec.response_framer()
+    spec = get_spec(name)
+    options = spec.default_options()
+    responses = spec.target_codec(options, spec.new_events()).response_framer()
     responses.expect_response(request_)
-    for framer, message in ((codec.request_framer(), request_), (responses, reply)):
+    for framer, message in (
+        (spec.client_codec(options).request_framer(), request_),
+        (responses, reply),
+    ):
         assert framer.take_interim_reply() is None
         assert framer.feed(message[:-1]) == []
         assert framer.take_interim_reply() is None
@@ -100,23 +105,34 @@ def test_protocol_names_are_sorted_and_complete() -> None:
 
 
 @pytest.mark.parametrize("name", list(ProtocolName))
-def test_make_codec_knows_every_protocol(name: ProtocolName) -> None:
-    assert make_codec(name).name is name
+def test_every_protocol_has_a_spec_with_codecs_and_a_responder(name: ProtocolName) -> None:
+    spec = get_spec(name)
+    assert spec.name is name
+    options = spec.default_options()
+    assert spec.client_codec(options).name is name
+    assert spec.responder().name == name
+    assert all(count == 0 for count in spec.new_events().values()), "events start at zero"
+    assert set(spec.new_events()) == set(spec.events)
+
+
+def test_names_are_read_in_any_case() -> None:
+    assert get_spec(" HTTP ") is SPECS["http"]
 
 
 @pytest.mark.parametrize(
     ("options", "correlation"),
     [
-        pytest.param(None, Correlation.TRANSACTION_ID, id="default: transaction ids"),
-        pytest.param(CodecOptions(lenient_ids=True), Correlation.FIFO, id="lenient ids: in order"),
+        pytest.param(ModbusOptions(), Correlation.BY_ID, id="default: transaction ids"),
+        pytest.param(ModbusOptions(lenient_ids=True), Correlation.FIFO, id="lenient ids: in order"),
     ],
 )
-def test_make_codec_passes_modbus_options(
-    options: CodecOptions | None, correlation: Correlation
+def test_the_modbus_target_codec_follows_its_options(
+    options: ModbusOptions, correlation: Correlation
 ) -> None:
-    assert make_codec(ProtocolName.MODBUS, options).correlation is correlation
+    spec = get_spec(ProtocolName.MODBUS)
+    assert spec.target_codec(options, spec.new_events()).correlation is correlation
 
 
-def test_make_codec_rejects_an_unknown_name() -> None:
-    with pytest.raises(ValueError, match="unknown protocol 'gopher'"):
-        make_codec("gopher")  # type: ignore[arg-type]
+def test_an_unknown_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown protocol 'gopher'"):
+        get_spec("gopher")

@@ -12,7 +12,7 @@ from tcp_multiplexer.errors import (
     MalformedMessage,
     MessageTooLarge,
 )
-from tcp_multiplexer.framing.http1 import (
+from tcp_multiplexer.protocols.http.framing import (
     HTTP_CONTINUE,
     HTTP_MAX_BODY_SIZE,
     HTTP_MAX_HEADER_SIZE,

@@ -5,24 +5,23 @@ fall back to reading the block line by line. Hypothesis writes header blocks fro
 valid, nearly valid and invalid (bare LF, bare CR, NUL, whitespace before a colon,
 repeated or malformed Content-Length, Transfer-Encoding, Upgrade, Expect, CONNECT, bad
 start lines); each block, with a few body bytes after it, is fed once as it is and once
-with the fast path switched off. Both must give the same messages and body state, or
-the same error.
+with the fast path switched off. Both must give the same messages, body state and
+connection end (`closing_at`, also after EOF), or the same error.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tcp_multiplexer.errors import FramingError
-from tcp_multiplexer.framing import http1
-from tcp_multiplexer.framing.base import Framer
-from tcp_multiplexer.framing.http1 import HttpCodec, HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.protocols.http import framing as http1
+from tcp_multiplexer.protocols.http.framing import HttpRequestFramer, HttpResponseFramer
 
 EXAMPLES = settings(max_examples=400, deadline=None)
 NEVER: re.Pattern[bytes] = re.compile(rb"(?!)")
@@ -121,7 +120,6 @@ def header_blocks(draw: st.DrawFn, start_lines: st.SearchStrategy[bytes]) -> byt
 
 
 FRAMER_FAST_PATHS: Final = ((HttpRequestFramer, "_plain_head"), (HttpResponseFramer, "_plain_head"))
-CODEC_FAST_PATHS: Final = ((http1, "_KEPT_OPEN_REQUEST"), (http1, "_KEPT_OPEN_RESPONSE"))
 
 
 @contextmanager
@@ -143,7 +141,13 @@ def outcome(framer: HttpRequestFramer | HttpResponseFramer, wire: bytes) -> obje
         messages = framer.feed(wire)
     except FramingError as error:
         return type(error), str(error)
-    return messages, framer._state, framer._target, framer.take_interim_reply()
+    return (
+        messages,
+        framer._state,
+        framer._target,
+        framer.take_interim_reply(),
+        framer.closing_at,
+    )
 
 
 def read_request(block: bytes) -> object:
@@ -183,23 +187,17 @@ def test_response_fast_path_reads_as_the_line_by_line_path(block: bytes, request
     assert fast == slow
 
 
-def assert_both_paths_agree(framer: Framer, ends: Callable[[bytes], bool], block: bytes) -> None:
-    """For a head `framer` accepts, `ends` says the same with and without its fast path."""
-    try:
-        framer.feed(block)
-    except FramingError:
-        assume(False)
-
-    def outcome() -> object:
+def until_eof(framer: HttpRequestFramer | HttpResponseFramer, block: bytes) -> object:
+    """What `block` and then EOF give: each call's messages and connection end, or the
+    error."""
+    outcomes: list[object] = []
+    for feed in (lambda: framer.feed(block), framer.feed_eof):
         try:
-            return ends(block)
-        except ValueError as error:  # a block of interim responses only: no final head
-            return str(error)
-
-    fast = outcome()
-    with switched_off(CODEC_FAST_PATHS):
-        slow = outcome()
-    assert fast == slow
+            outcomes.append((feed(), framer.closing_at))
+        except FramingError as error:
+            outcomes.append((type(error), str(error)))
+            break
+    return outcomes
 
 
 @EXAMPLES
@@ -207,8 +205,10 @@ def assert_both_paths_agree(framer: Framer, ends: Callable[[bytes], bool], block
 @example(block=b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
 @example(block=b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
 def test_request_ends_connection_reads_as_the_field_by_field_path(block: bytes) -> None:
-    """The codec reads heads the request framer accepted (only the head matters)."""
-    assert_both_paths_agree(HttpRequestFramer(), HttpCodec().request_ends_connection, block)
+    fast = until_eof(HttpRequestFramer(), block)
+    with switched_off(FRAMER_FAST_PATHS):
+        slow = until_eof(HttpRequestFramer(), block)
+    assert fast == slow
 
 
 @EXAMPLES
@@ -216,10 +216,15 @@ def test_request_ends_connection_reads_as_the_field_by_field_path(block: bytes) 
 @example(block=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
 @example(block=b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n")
 def test_reply_ends_connection_reads_as_the_field_by_field_path(block: bytes) -> None:
-    """The codec reads heads the response framer accepted (only the head matters)."""
-    framer = HttpResponseFramer()
-    framer.expect_response(b"GET / HTTP/1.1\r\n\r\n")
-    assert_both_paths_agree(framer, HttpCodec().reply_ends_connection, block)
+    def framer() -> HttpResponseFramer:
+        responses = HttpResponseFramer()
+        responses.expect_response(b"GET / HTTP/1.1\r\n\r\n")
+        return responses
+
+    fast = until_eof(framer(), block)
+    with switched_off(FRAMER_FAST_PATHS):
+        slow = until_eof(framer(), block)
+    assert fast == slow
 
 
 def test_the_usual_blocks_take_the_fast_path() -> None:
@@ -233,7 +238,6 @@ def test_the_usual_blocks_take_the_fast_path() -> None:
     )
     response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\n"
     assert http1._PLAIN_RESPONSE_HEAD.fullmatch(response)
-    assert http1._KEPT_OPEN_RESPONSE.match(response)
-    assert http1._KEPT_OPEN_REQUEST.match(
+    assert http1._PLAIN_REQUEST_HEAD.fullmatch(
         b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n"
     )

@@ -19,7 +19,11 @@ import h11
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcp_multiplexer.framing.http1 import HTTP_CONTINUE, HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.protocols.http.framing import (
+    HTTP_CONTINUE,
+    HttpRequestFramer,
+    HttpResponseFramer,
+)
 from tests.framing.builders import http_request
 from tests.framing.splitting import feed_pieces
 

@@ -1,12 +1,14 @@
-"""HttpCodec: gateway replies and which messages end a connection."""
+"""HttpCodec: gateway answers, and which messages the framers say end a connection."""
 
 from __future__ import annotations
 
 import h11
 import pytest
 
-from tcp_multiplexer.framing.base import Correlation, FailureReason, ProtocolName
-from tcp_multiplexer.framing.http1 import HttpCodec
+from tcp_multiplexer.core.interfaces import Correlation, FailureReason
+from tcp_multiplexer.protocols.http.codec import HttpCodec
+from tcp_multiplexer.protocols.http.framing import HttpRequestFramer, HttpResponseFramer
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.framing.builders import CHUNKED, chunked, http_request, http_response, ok, post
 
 CODEC = HttpCodec()
@@ -16,6 +18,27 @@ CONTINUE = http_response(100, reason=b"Continue")
 def test_identity() -> None:
     assert CODEC.name is ProtocolName.HTTP
     assert CODEC.correlation is Correlation.FIFO
+    assert CODEC.transparent
+    assert CODEC.framing_needs_requests, "a response to HEAD has no body"
+
+
+def request_ends_connection(request: bytes) -> bool:
+    """Whether the request framer says `request` ends the connection."""
+    framer = HttpRequestFramer()
+    assert framer.feed(request) == [request]
+    return framer.closing_at == 0
+
+
+def reply_ends_connection(reply: bytes) -> bool:
+    """Whether the response framer says `reply`, answering a GET, ends the connection
+    (a close-delimited reply is complete at EOF)."""
+    framer = HttpResponseFramer()
+    framer.expect_response(http_request())
+    messages = framer.feed(reply)
+    if not messages:
+        messages = framer.feed_eof()
+    assert messages == [reply]
+    return framer.closing_at == 0
 
 
 def test_framers_frame_http() -> None:
@@ -62,8 +85,7 @@ def test_error_reply_is_a_complete_closing_response(
     reason: FailureReason, status: int, phrase: bytes, method: bytes
 ) -> None:
     request = http_request(method)
-    reply = CODEC.error_reply(request, reason)
-    assert reply is not None
+    reply = CODEC.gateway_answer(request, reason)
     response, body = read_with_h11(reply, method)
     assert response.status_code == status
     assert response.reason == phrase
@@ -76,10 +98,11 @@ def test_error_reply_is_a_complete_closing_response(
     else:
         assert body == phrase + b": " + reason.value.encode() + b"\n"
         assert fields[b"content-length"] == b"%d" % len(body)
-    assert CODEC.reply_ends_connection(reply)
+    assert CODEC.gateway_answers_close
     framer = CODEC.response_framer()
     framer.expect_response(request)
     assert framer.feed(reply) == [reply]
+    assert framer.closing_at == 0
 
 
 @pytest.mark.parametrize(
@@ -111,7 +134,7 @@ def test_error_reply_is_a_complete_closing_response(
     ],
 )
 def test_request_ends_connection(request_: bytes, ends: bool) -> None:
-    assert CODEC.request_ends_connection(request_) is ends
+    assert request_ends_connection(request_) is ends
 
 
 @pytest.mark.parametrize(
@@ -161,8 +184,8 @@ def test_request_ends_connection(request_: bytes, ends: bool) -> None:
             True,
             id="interim with bare LF, then http/1.0",
         ),
-        # A HEAD reply without Content-Length looks close-delimited: retired to be safe.
-        pytest.param(http_response(200), True, id="head reply without length"),
+        # Without Content-Length, an answer to GET is close-delimited.
+        pytest.param(http_response(200), True, id="reply without length"),
         pytest.param(http_response(304, version=b"HTTP/1.0"), True, id="http/1.0 304"),
         pytest.param(
             http_response(304, (b"Connection: keep-alive",), version=b"HTTP/1.0"),
@@ -177,25 +200,46 @@ def test_request_ends_connection(request_: bytes, ends: bool) -> None:
     ],
 )
 def test_reply_ends_connection(reply: bytes, ends: bool) -> None:
-    assert CODEC.reply_ends_connection(reply) is ends
+    assert reply_ends_connection(reply) is ends
+
+
+def test_a_head_reply_without_length_keeps_the_connection() -> None:
+    """The framer knows the request was HEAD: no body, and no reason to close."""
+    framer = HttpResponseFramer()
+    framer.expect_response(http_request(b"HEAD"))
+    assert framer.feed(http_response(200)) == [http_response(200)]
+    assert framer.closing_at == -1
 
 
 def test_connection_checks_need_a_complete_header_block() -> None:
-    with pytest.raises(ValueError, match="no blank line"):
-        CODEC.request_ends_connection(b"GET / HTTP/1.1\r\n")
-    with pytest.raises(ValueError, match="no blank line"):
-        CODEC.reply_ends_connection(b"HTTP/1.1 200 OK\r\n")
+    requests = HttpRequestFramer()
+    assert requests.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n") == []
+    assert requests.closing_at == -1
+    responses = HttpResponseFramer()
+    responses.expect_response(http_request())
+    assert responses.feed(b"HTTP/1.1 200 OK\r\nConnection: close\r\n") == []
+    assert responses.closing_at == -1
 
 
 def test_a_reply_needs_a_final_response() -> None:
-    with pytest.raises(ValueError, match="no blank line"):
-        CODEC.reply_ends_connection(CONTINUE)
+    responses = HttpResponseFramer()
+    responses.expect_response(http_request())
+    assert responses.feed(http_response(100, (b"Connection: close",))) == []
+    assert responses.closing_at == -1
+
+
+def test_the_first_closing_message_of_a_feed_is_named() -> None:
+    requests = HttpRequestFramer()
+    first, closing = http_request(), http_request(fields=(b"Connection: close",))
+    assert requests.feed(first + closing + first) == [first, closing, first]
+    assert requests.closing_at == 1
+    assert requests.feed(first) == [first]
+    assert requests.closing_at == -1, "each feed says it anew"
 
 
 def test_no_request_ids_and_replies_pass_unchanged() -> None:
     request = http_request()
-    with pytest.raises(NotImplementedError, match="no request ids"):
-        CODEC.request_id(request)
-    with pytest.raises(NotImplementedError, match="no request ids"):
-        CODEC.with_request_id(request, 1)
-    assert CODEC.restore_reply(request, ok(b"x")) == ok(b"x")
+    with pytest.raises(NotImplementedError, match="not by id"):
+        CODEC.answer_id(request)
+    assert CODEC.encode(request, 1) == request
+    assert CODEC.decode(request, ok(b"x")) == ok(b"x")

@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 
 from tcp_multiplexer.errors import IncompleteMessage, MalformedMessage, MessageTooLarge
-from tcp_multiplexer.framing.length_prefix import (
+from tcp_multiplexer.protocols.length_prefix import (
     ISO8583_MAX_MESSAGE_SIZE,
     MPU_MAX_MESSAGE_SIZE,
     iso8583_framer,

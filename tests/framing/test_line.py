@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tcp_multiplexer.errors import IncompleteMessage, MessageTooLarge
-from tcp_multiplexer.framing.line import LINE_MAX_MESSAGE_SIZE, LineFramer
+from tcp_multiplexer.protocols.echo.framing import LINE_MAX_MESSAGE_SIZE, LineFramer
 from tests.framing.builders import line
 from tests.framing.splitting import assert_frames, assert_poisoned, assert_rejected
 

@@ -1,22 +1,28 @@
-"""Modbus/TCP: MbapFramer, the ADU helpers and ModbusCodec."""
+"""Modbus/TCP: MbapFramer, the ADU helpers and the Modbus client and target codecs."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from tcp_multiplexer.core.interfaces import Correlation, FailureReason
 from tcp_multiplexer.errors import (
     FramingError,
     IncompleteMessage,
     MalformedMessage,
     MessageTooLarge,
 )
-from tcp_multiplexer.framing.base import Correlation, FailureReason, ProtocolName
-from tcp_multiplexer.framing.modbus import (
+from tcp_multiplexer.protocols.modbus.codec import (
+    LenientModbusTargetCodec,
+    ModbusClientCodec,
+    ModbusTargetCodec,
+)
+from tcp_multiplexer.protocols.modbus.mbap import (
     MODBUS_MAX_MESSAGE_SIZE,
     ExceptionCode,
     FunctionCode,
     MbapFramer,
-    ModbusCodec,
     build_adu,
     exception_response,
     function_code,
@@ -25,6 +31,7 @@ from tcp_multiplexer.framing.modbus import (
     unit_id,
     with_transaction_id,
 )
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.framing.builders import mbap, mbap_header
 from tests.framing.splitting import assert_frames, assert_poisoned, assert_rejected
 
@@ -145,18 +152,18 @@ def test_exception_response_keeps_ids_and_flags_the_function(function: int, code
 
 
 def test_codec_identity() -> None:
-    codec = ModbusCodec()
-    assert codec.name is ProtocolName.MODBUS
-    assert codec.correlation is Correlation.TRANSACTION_ID
-    assert ModbusCodec(lenient_ids=True).correlation is Correlation.FIFO
+    assert ModbusClientCodec().name is ProtocolName.MODBUS
+    codec = ModbusTargetCodec()
+    assert codec.correlation is Correlation.BY_ID
+    assert codec.id_space == 0x10000
+    assert LenientModbusTargetCodec(lenient_ids=True).correlation is Correlation.FIFO
 
 
 def test_codec_framers_frame_adus() -> None:
-    codec = ModbusCodec()
     request = mbap(1, 1, READ_HOLDING)
     reply = mbap(1, 1, READ_HOLDING_REPLY)
-    assert codec.request_framer().feed(request) == [request]
-    responses = codec.response_framer()
+    assert ModbusClientCodec().request_framer().feed(request) == [request]
+    responses = ModbusTargetCodec().response_framer()
     responses.expect_response(request)
     assert responses.feed(reply) == [reply]
 
@@ -172,23 +179,44 @@ def test_codec_framers_frame_adus() -> None:
 )
 def test_codec_error_reply_is_an_exception_adu(reason: FailureReason, code: int) -> None:
     request = mbap(0x4242, 3, READ_HOLDING)
-    assert ModbusCodec().error_reply(request, reason) == mbap(0x4242, 3, bytes((0x83, code)))
+    assert ModbusClientCodec().gateway_answer(request, reason) == mbap(
+        0x4242, 3, bytes((0x83, code))
+    )
+    assert not ModbusClientCodec().gateway_answers_close
 
 
 def test_codec_keeps_connections() -> None:
-    codec = ModbusCodec()
-    assert not codec.request_ends_connection(mbap(1, 1, READ_HOLDING))
-    assert not codec.reply_ends_connection(mbap(1, 1, READ_HOLDING_REPLY))
+    requests = ModbusClientCodec().request_framer()
+    assert requests.feed(mbap(1, 1, READ_HOLDING)) == [mbap(1, 1, READ_HOLDING)]
+    assert requests.closing_at == -1
+    answers = ModbusTargetCodec().response_framer()
+    assert answers.feed(mbap(1, 1, READ_HOLDING_REPLY)) == [mbap(1, 1, READ_HOLDING_REPLY)]
+    assert answers.closing_at == -1
 
 
 def test_codec_rewrites_and_restores_ids() -> None:
-    codec = ModbusCodec()
+    codec = ModbusTargetCodec()
     request = mbap(0x0A0B, 7, READ_HOLDING)
-    assert codec.request_id(request) == 0x0A0B
-    wire = codec.with_request_id(request, 3)
+    wire = codec.encode(request, 3)
     assert wire == mbap(3, 7, READ_HOLDING)
+    assert codec.answer_id(wire) == 3
     target_reply = mbap(3, 0, READ_HOLDING_REPLY)
-    assert codec.restore_reply(request, target_reply) == mbap(0x0A0B, 7, READ_HOLDING_REPLY)
+    assert codec.decode(request, target_reply) == mbap(0x0A0B, 7, READ_HOLDING_REPLY)
+
+
+def test_the_lenient_codec_sends_the_clients_own_id() -> None:
+    request = mbap(0x0A0B, 7, READ_HOLDING)
+    assert LenientModbusTargetCodec(lenient_ids=True).encode(request, 3) == request
+
+
+def test_the_target_codec_counts_device_exceptions() -> None:
+    events: Counter[str] = Counter()
+    codec = ModbusTargetCodec(events=events)
+    request = mbap(1, 1, READ_HOLDING)
+    codec.decode(request, mbap(9, 1, READ_HOLDING_REPLY))
+    assert events["device_exceptions"] == 0
+    codec.decode(request, mbap(9, 1, bytes((0x83, 0x02))))
+    assert events["device_exceptions"] == 1
 
 
 def test_read_request_builds_a_read_adu() -> None:

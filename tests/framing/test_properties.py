@@ -16,12 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tcp_multiplexer.core.interfaces import Framer
 from tcp_multiplexer.errors import FramingError
-from tcp_multiplexer.framing.base import Framer
-from tcp_multiplexer.framing.http1 import HTTP_CONTINUE, HttpRequestFramer, HttpResponseFramer
-from tcp_multiplexer.framing.length_prefix import iso8583_framer, mpu_framer
-from tcp_multiplexer.framing.line import LineFramer
-from tcp_multiplexer.framing.modbus import MODBUS_MAX_MESSAGE_SIZE, MbapFramer
+from tcp_multiplexer.protocols.echo.framing import LineFramer
+from tcp_multiplexer.protocols.http.framing import (
+    HTTP_CONTINUE,
+    HttpRequestFramer,
+    HttpResponseFramer,
+)
+from tcp_multiplexer.protocols.length_prefix import iso8583_framer, mpu_framer
+from tcp_multiplexer.protocols.modbus.mbap import MODBUS_MAX_MESSAGE_SIZE, MbapFramer
 from tests.framing.builders import http_request, iso, line, mbap, mpu
 from tests.framing.splitting import MakeFramer, feed_pieces
 

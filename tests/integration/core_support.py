@@ -14,8 +14,8 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
+from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.targets.faults import Fault, FaultPlan
-from tcp_multiplexer.targets.modbus import holding_register_value
 from tests.framing.builders import mbap
 from tests.helpers import LOOPBACK
 

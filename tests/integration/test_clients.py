@@ -12,7 +12,7 @@ from typing import Final
 
 import pytest
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.framing.builders import mbap, mbap_header
 from tests.helpers import (

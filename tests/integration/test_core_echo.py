@@ -11,8 +11,8 @@ from typing import Final
 
 import pytest
 
-from tcp_multiplexer.config import DEFAULT_BUSY_POLL
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.config.model import DEFAULT_BUSY_POLL
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import (
     mux_config,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.helpers import LOOPBACK, mux_config, open_client, running_multiplexer
 from tests.peers import PeerHTTPServer, SilentTarget, http_body, http_server, refused_port
 

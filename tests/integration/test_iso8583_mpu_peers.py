@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.helpers import eventually, mux_config, open_client, running_multiplexer
 from tests.peers import (
     Iso8583Target,

@@ -20,19 +20,21 @@ from typing import Any, Final, cast
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from tcp_multiplexer.config import ModbusOptions, ServerConfig
+from tcp_multiplexer.config.model import AppConfig
+from tcp_multiplexer.core.interfaces import Framer
 from tcp_multiplexer.errors import FramingError
-from tcp_multiplexer.framing.base import Framer, ProtocolName
-from tcp_multiplexer.framing.modbus import (
+from tcp_multiplexer.protocols.modbus.device import ModbusDevice, holding_register_value
+from tcp_multiplexer.protocols.modbus.mbap import (
     MbapFramer,
     build_adu,
     exception_response,
     transaction_id,
     with_transaction_id,
 )
-from tcp_multiplexer.targets.base import Answer
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.responder import Answer
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.faults import Fault, FaultPlan
-from tcp_multiplexer.targets.modbus import ModbusDevice, holding_register_value
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer, TargetStats
 from tests.helpers import LOOPBACK, eventually, mux_config, open_client, running_multiplexer
 from tests.modbus.adu import (
@@ -147,7 +149,7 @@ async def modbus_device(
         yield target, observed
 
 
-def gateway_config(target: TargetServer, **overrides: Any) -> ServerConfig:
+def gateway_config(target: TargetServer, **overrides: Any) -> AppConfig:
     return mux_config(target.port, protocol=ProtocolName.MODBUS, **overrides)
 
 
@@ -852,7 +854,7 @@ async def test_device_exception_answers_reach_the_client_unchanged(
 
 
 async def test_the_metrics_line_names_every_gateway_event(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="tcp_multiplexer.server")
+    caplog.set_level(logging.INFO, logger="tcp_multiplexer.bridge")
     faults = ((Fault.ANSWER_TWICE, 1.0),)
     async with (
         asyncio.timeout(TEST_TIMEOUT),

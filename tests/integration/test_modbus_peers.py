@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.framing.builders import mbap
 from tests.helpers import LOOPBACK, mux_config, open_client, running_multiplexer
 from tests.modbus.adu import read_adu

@@ -11,7 +11,7 @@ from typing import Final
 
 import pytest
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
 from tests.helpers import mux_config, running_multiplexer, wait_for_target_connection
 from tests.integration.core_support import (

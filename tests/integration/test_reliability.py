@@ -53,8 +53,8 @@ from typing import Any, Final
 
 import pytest
 
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import build_adu
+from tcp_multiplexer.protocols.modbus.mbap import build_adu
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import (
     Fault,
     OverLimit,

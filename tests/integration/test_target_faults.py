@@ -13,7 +13,7 @@ from typing import Final
 
 import pytest
 
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.faults import Fault
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import (

@@ -7,8 +7,8 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from tcp_multiplexer.framing.modbus import MBAP_HEADER_SIZE, build_adu
-from tcp_multiplexer.targets.modbus import pack_bits
+from tcp_multiplexer.protocols.modbus.device import pack_bits
+from tcp_multiplexer.protocols.modbus.mbap import MBAP_HEADER_SIZE, build_adu
 
 READ_COILS: Final = 1
 READ_DISCRETE_INPUTS: Final = 2

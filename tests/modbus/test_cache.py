@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tcp_multiplexer.modbus.cache import ReadCache, ReadKey
+from tcp_multiplexer.protocols.modbus.cache import ReadCache, ReadKey
 
 TTL = 0.5
 HOLDING = frozenset({3})

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+from typing import Final
+
 import pytest
 
-from tcp_multiplexer.config import ModbusOptions
-from tcp_multiplexer.framing.modbus import ModbusCodec, build_adu, exception_response
-from tcp_multiplexer.metrics import Metrics
-from tcp_multiplexer.modbus.cache import ReadKey
-from tcp_multiplexer.modbus.gateway import ModbusGatewayPolicy, read_key, written_range
+from tcp_multiplexer.core.interfaces import Request
+from tcp_multiplexer.protocols.modbus import SPEC
+from tcp_multiplexer.protocols.modbus.cache import ReadKey
+from tcp_multiplexer.protocols.modbus.codec import ModbusTargetCodec
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key, written_range
+from tcp_multiplexer.protocols.modbus.mbap import build_adu, exception_response
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tests.modbus.adu import (
     MASK_WRITE,
     READ_COILS,
@@ -123,9 +129,61 @@ def test_written_range_is_none_for_anything_else(request_bytes: bytes) -> None:
 # The policy reads the event loop's clock, so these tests run inside a loop.
 
 
-def policy(options: ModbusOptions | None = None) -> tuple[ModbusGatewayPolicy, Metrics]:
-    metrics = Metrics()
-    return ModbusGatewayPolicy(options or ModbusOptions(), metrics, ModbusCodec()), metrics
+class NoClient:
+    """The owner of the requests here: nobody to answer."""
+
+    closed = False
+
+    def request_done(self, request: Request) -> None: ...
+
+    def pause_for_queue(self) -> None: ...
+
+    def resume_for_queue(self) -> None: ...
+
+
+OWNER: Final = NoClient()
+
+
+class Gateway:
+    """The policy driven as the dispatcher drives it, with the target codec decoding the
+    device's answers first, as a target connection does."""
+
+    def __init__(self, options: ModbusOptions) -> None:
+        self._events = SPEC.new_events()
+        self.policy = ModbusGatewayPolicy(options, self._events, asyncio.get_running_loop())
+        self._codec = ModbusTargetCodec(events=self._events)
+
+    @property
+    def events(self) -> Counter[str]:
+        """The events that happened (every declared one starts at zero)."""
+        return Counter({key: value for key, value in self._events.items() if value})
+
+    def admit(self, payload: bytes) -> tuple[bytes | None, Request]:
+        request = Request(OWNER, payload, 0.0)
+        return self.policy.admit(request), request
+
+    def local_reply(self, payload: bytes) -> bytes | None:
+        return self.admit(payload)[0]
+
+    def coalesce_key(self, payload: bytes) -> object:
+        return self.admit(payload)[1].coalesce_key
+
+    def answer(self, request: Request, reply: bytes) -> None:
+        """The device answered `request` with `reply` (under any transaction id)."""
+        answer = self._codec.decode(request.payload, reply)
+        if request.observed:
+            self.policy.observe(request, answer)
+
+    def read_and_answer(self, payload: bytes, reply: bytes) -> None:
+        """`payload` was admitted (not answered locally), sent, and answered."""
+        local, request = self.admit(payload)
+        assert local is None
+        self.answer(request, reply)
+
+
+def policy(options: ModbusOptions | None = None) -> tuple[Gateway, Gateway]:
+    gateway = Gateway(options or ModbusOptions())
+    return gateway, gateway
 
 
 @pytest.mark.parametrize("function", [pytest.param(f, id=f"fc{f}") for f in WRITES])
@@ -133,8 +191,9 @@ async def test_read_only_refuses_every_write_with_illegal_function(function: int
     gateway, metrics = policy(ModbusOptions(read_only=True))
     request = write_of(function, tid=0x4321, unit=9)
     assert gateway.local_reply(request) == exception_response(request, 0x01)
-    assert gateway.local_reply(request) == exception_answer(0x4321, 9, function, 0x01)
-    assert gateway.coalesce_key(request) is None
+    local, admitted = gateway.admit(request)
+    assert local == exception_answer(0x4321, 9, function, 0x01)
+    assert admitted.coalesce_key is None
     assert metrics.events["writes_refused"] == 2
     assert metrics.events["exceptions_sent_0x01"] == 2
 
@@ -151,8 +210,10 @@ async def test_without_read_only_writes_go_to_the_device_and_are_never_coalesced
 ) -> None:
     gateway, metrics = policy()
     request = write_of(function)
-    assert gateway.local_reply(request) is None
-    assert gateway.coalesce_key(request) is None
+    local, admitted = gateway.admit(request)
+    assert local is None
+    assert admitted.coalesce_key is None
+    assert admitted.observed, "its answer bumps the unit's write generation"
     assert not metrics.events
 
 
@@ -168,9 +229,7 @@ async def test_identical_reads_share_a_coalesce_key_whatever_their_ids() -> None
 async def test_without_a_cache_reads_are_never_answered_locally() -> None:
     gateway, metrics = policy()
     request = read_request(1, 1, 0, 3)
-    gateway.observe(
-        request, key=gateway.coalesce_key(request), reply=registers_answer(1, 1, [1, 2, 3])
-    )
+    gateway.read_and_answer(request, registers_answer(1, 1, [1, 2, 3]))
     assert gateway.local_reply(request) is None
     assert "cache_hits" not in metrics.events
     assert "cache_misses" not in metrics.events
@@ -178,12 +237,8 @@ async def test_without_a_cache_reads_are_never_answered_locally() -> None:
 
 async def test_a_cached_answer_carries_the_new_clients_ids() -> None:
     gateway, metrics = policy(ModbusOptions(cache_ttl=60.0))
-    first = read_request(1, 1, 0, 3)
-    assert gateway.local_reply(first) is None
     # The device answered under the multiplexer's own id (0x0101).
-    gateway.observe(
-        first, key=gateway.coalesce_key(first), reply=registers_answer(0x0101, 1, [10, 20, 30])
-    )
+    gateway.read_and_answer(read_request(1, 1, 0, 3), registers_answer(0x0101, 1, [10, 20, 30]))
     assert gateway.local_reply(read_request(0xABCD, 1, 0, 3)) == registers_answer(
         0xABCD, 1, [10, 20, 30]
     )
@@ -193,12 +248,11 @@ async def test_a_cached_answer_carries_the_new_clients_ids() -> None:
 async def test_device_exceptions_are_counted_and_never_cached() -> None:
     gateway, metrics = policy(ModbusOptions(cache_ttl=60.0))
     request = read_request(1, 1, 65535, 2)
-    gateway.observe(
-        request, key=gateway.coalesce_key(request), reply=exception_answer(1, 1, READ_HOLDING, 0x02)
-    )
+    gateway.read_and_answer(request, exception_answer(1, 1, READ_HOLDING, 0x02))
     assert gateway.local_reply(request) is None
     assert metrics.events["device_exceptions"] == 1
-    assert metrics.events["cache_misses"] == 1
+    # Missed when the read was admitted, and again now: nothing was cached.
+    assert metrics.events["cache_misses"] == 2
 
 
 @pytest.mark.parametrize("moment", ["sent", "answered"])
@@ -220,15 +274,15 @@ async def test_a_write_drops_the_cached_reads_it_overlaps(
     """The cached read is registers 0..9 of unit 1."""
     gateway, metrics = policy(ModbusOptions(cache_ttl=60.0))
     read = read_request(1, 1, 0, 10)
-    gateway.observe(
-        read, key=gateway.coalesce_key(read), reply=registers_answer(1, 1, list(range(10)))
-    )
+    gateway.read_and_answer(read, registers_answer(1, 1, list(range(10))))
     if moment == "sent":
         assert gateway.local_reply(write) is None
     else:
-        gateway.observe(
-            write, key=gateway.coalesce_key(write), reply=write
-        )  # fc 5, 6 echo the request; the policy only needs fc
+        # The write was admitted before the read was cached; its answer comes now.
+        # (fc 5, 6 echo the request; the policy only needs the function code.)
+        request = Request(OWNER, write, 0.0)
+        request.observed = True
+        gateway.answer(request, write)
     assert (gateway.local_reply(read) is None) is dropped
     assert metrics.events["cache_hits"] == int(not dropped)
 
@@ -236,11 +290,18 @@ async def test_a_write_drops_the_cached_reads_it_overlaps(
 async def test_a_coil_write_drops_cached_coil_reads() -> None:
     gateway, _metrics = policy(ModbusOptions(cache_ttl=60.0))
     read = read_request(1, 1, 0, 16, READ_COILS)
-    gateway.observe(
-        read,
-        key=gateway.coalesce_key(read),
-        reply=build_adu(1, 1, bytes((READ_COILS, 2, 0xFF, 0xFF))),
-    )
+    gateway.read_and_answer(read, build_adu(1, 1, bytes((READ_COILS, 2, 0xFF, 0xFF))))
     assert gateway.local_reply(read) is not None
     assert gateway.local_reply(write_coils(1, 1, 15, [False, False])) is None
     assert gateway.local_reply(read) is None
+
+
+async def test_a_read_admitted_before_a_write_is_not_cached() -> None:
+    """The write may have changed what the read's answer shows."""
+    gateway, metrics = policy(ModbusOptions(cache_ttl=60.0))
+    local, read = gateway.admit(read_request(1, 1, 0, 10))
+    assert local is None
+    assert gateway.local_reply(write_register(2, 1, 50, 9)) is None
+    gateway.answer(read, registers_answer(1, 1, list(range(10))))
+    assert gateway.local_reply(read_request(3, 1, 0, 10)) is None
+    assert metrics.events["cache_hits"] == 0

@@ -6,7 +6,7 @@ import asyncio
 import struct
 from typing import Final
 
-from tcp_multiplexer.framing.modbus import build_adu
+from tcp_multiplexer.protocols.modbus.mbap import build_adu
 
 HOST: Final = "127.0.0.1"
 TEST_TIMEOUT: Final = 5.0

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import tcp_multiplexer
-from tcp_multiplexer.config import Address
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import Fault, OverLimit, TargetConfig
 from tcp_multiplexer.targets.cli import add_parser, config_from_args, run
 from tests.helpers import open_client

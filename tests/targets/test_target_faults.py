@@ -9,8 +9,9 @@ import time
 import pytest
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import build_adu, transaction_id
+from tcp_multiplexer.protocols.modbus.device import WRONG_ID_OFFSET
+from tcp_multiplexer.protocols.modbus.mbap import build_adu, transaction_id
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import (
     Fault,
     FaultPlan,
@@ -20,7 +21,6 @@ from tcp_multiplexer.targets import (
     holding_register_value,
     parse_fault,
 )
-from tcp_multiplexer.targets.modbus import WRONG_ID_OFFSET
 from tests.helpers import open_client
 from tests.modbus.adu import read_adu
 from tests.targets.helpers import TEST_TIMEOUT, read_registers_request, read_to_end

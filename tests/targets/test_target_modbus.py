@@ -9,8 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.modbus import build_adu
+from tcp_multiplexer.protocols.modbus.device import (
+    ILLEGAL_DATA_ADDRESS,
+    ILLEGAL_DATA_VALUE,
+    ILLEGAL_FUNCTION,
+    pack_bits,
+    unpack_bits,
+)
+from tcp_multiplexer.protocols.modbus.mbap import build_adu
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import (
     ModbusDevice,
     TargetConfig,
@@ -19,13 +26,6 @@ from tcp_multiplexer.targets import (
     discrete_input_value,
     holding_register_value,
     input_register_value,
-)
-from tcp_multiplexer.targets.modbus import (
-    ILLEGAL_DATA_ADDRESS,
-    ILLEGAL_DATA_VALUE,
-    ILLEGAL_FUNCTION,
-    pack_bits,
-    unpack_bits,
 )
 from tests.helpers import open_client
 from tests.modbus.adu import read_adu

@@ -16,16 +16,16 @@ from tcp_multiplexer.errors import (
     MalformedMessage,
     MessageTooLarge,
 )
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.framing.http1 import HttpRequestFramer
-from tcp_multiplexer.targets import TargetConfig, TargetServer
-from tcp_multiplexer.targets.http1 import (
+from tcp_multiplexer.protocols.http.framing import HttpRequestFramer
+from tcp_multiplexer.protocols.http.responder import (
     HTTP_MAX_BODY_SIZE,
     HTTP_MAX_HEAD_SIZE,
     HttpResponder,
     parse_request,
 )
-from tcp_multiplexer.targets.iso8583 import response_message
+from tcp_multiplexer.protocols.iso8583.responder import response_message
+from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.targets import TargetConfig, TargetServer
 from tests.helpers import open_client
 from tests.targets.helpers import TEST_TIMEOUT, read_http_response
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets import OverLimit, TargetConfig, TargetServer
 from tests.helpers import open_client
 from tests.targets.helpers import HOST, TEST_TIMEOUT, read_to_end

@@ -7,15 +7,15 @@ The Modbus device's initial values come from pure functions, so tests can comput
 
 from __future__ import annotations
 
-from tcp_multiplexer.targets.base import Answer, Responder
-from tcp_multiplexer.targets.faults import Fault, FaultPlan, parse_fault
-from tcp_multiplexer.targets.modbus import (
+from tcp_multiplexer.protocols.modbus.device import (
     ModbusDevice,
     coil_value,
     discrete_input_value,
     holding_register_value,
     input_register_value,
 )
+from tcp_multiplexer.protocols.responder import Answer, Responder
+from tcp_multiplexer.targets.faults import Fault, FaultPlan, parse_fault
 from tcp_multiplexer.targets.server import (
     OverLimit,
     TargetConfig,

@@ -15,9 +15,11 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, Final
 
-from tcp_multiplexer.config import DEFAULT_TARGET, Address, parse_duration, parse_listen
+from tcp_multiplexer.config.model import DEFAULT_TARGET
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.framing.base import ProtocolName
+from tcp_multiplexer.options import Address, parse_duration, parse_listen
+from tcp_multiplexer.protocols.registry import protocol_names
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.faults import FAULT_HELP, Fault, parse_fault
 from tcp_multiplexer.targets.server import (
     DEFAULT_LATE_DELAY,
@@ -112,7 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(**{_PARSER_KEY: parser})
     parser.add_argument(
         "protocol",
-        choices=[name.value for name in ProtocolName],
+        choices=protocol_names(),
         help="the protocol to serve",
     )
     parser.add_argument(

@@ -25,16 +25,12 @@ from enum import Enum, StrEnum
 from types import TracebackType
 from typing import Final, Self, cast
 
-from tcp_multiplexer.config import Address
 from tcp_multiplexer.errors import ConfigError, FramingError
-from tcp_multiplexer.framing.base import ProtocolName
-from tcp_multiplexer.targets.base import Responder
-from tcp_multiplexer.targets.echo import EchoResponder
+from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.protocols.responder import Responder
+from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.faults import ID_FAULTS, Fault, FaultPlan, check_faults
-from tcp_multiplexer.targets.http1 import HttpResponder
-from tcp_multiplexer.targets.iso8583 import Iso8583Responder
-from tcp_multiplexer.targets.modbus import ModbusDevice
-from tcp_multiplexer.targets.mpu import MpuResponder
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +53,9 @@ class OverLimit(StrEnum):
     """Accepted, read and never answered (a device with one TCP slot that accepts more)."""
 
 
-def make_responder(protocol: ProtocolName) -> Responder:
+def make_responder(protocol: str) -> Responder:
     """A fresh responder for `protocol` (a new Modbus device has fresh memory)."""
-    match protocol:
-        case ProtocolName.ECHO:
-            return EchoResponder()
-        case ProtocolName.HTTP:
-            return HttpResponder()
-        case ProtocolName.ISO8583:
-            return Iso8583Responder()
-        case ProtocolName.MODBUS:
-            return ModbusDevice()
-        case ProtocolName.MPU:
-            return MpuResponder()
+    return get_spec(protocol).responder()
 
 
 @dataclass(frozen=True, slots=True)

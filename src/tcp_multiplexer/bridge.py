@@ -1,0 +1,268 @@
+"""A bridge: one listener set, its client sessions, its dispatcher, its pool, its metrics.
+
+A bridge is built whole in its constructor from its `BridgeConfig` and the services of
+the process it runs in (the clock, the poller, the task spawner); `start()` opens its
+listeners and its pool, `drain()` stops it. Several bridges run side by side in one
+process, each started and drained on its own, so a reload can add, remove or replace
+one without touching the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from tcp_multiplexer.config.model import BridgeConfig
+from tcp_multiplexer.core.dispatch import Dispatcher
+from tcp_multiplexer.core.interfaces import (
+    ClientCodec,
+    ClientConnection,
+    Clock,
+    Connector,
+    Dispatch,
+    Poller,
+    PoolEvents,
+    TaskSpawner,
+)
+from tcp_multiplexer.core.pool import PoolSettings, UpstreamPool
+from tcp_multiplexer.core.session import ClientSession
+from tcp_multiplexer.core.upstream import UpstreamConnection
+from tcp_multiplexer.logs import BridgeLog
+from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics, TargetMetrics
+from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.transports.tcp import (
+    TcpConnector,
+    configure_keepalive,
+    open_listener,
+    socket_name,
+)
+
+logger = logging.getLogger("tcp_multiplexer.bridge")
+
+
+class BridgeServices(Protocol):
+    """What the process lends every bridge."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def poller(self) -> Poller: ...
+
+    @property
+    def spawner(self) -> TaskSpawner: ...
+
+    @property
+    def names_bridges(self) -> bool:
+        """True if plain log lines should start with the bridge's name (several bridges)."""
+        ...
+
+
+class Bridge:
+    """Accepts clients and serves their requests over its target connection pool."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        services: BridgeServices,
+        *,
+        connector: Connector | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.log = BridgeLog(logger, config.name, prefix=services.names_bridges)
+        self._clock = services.clock
+        self._poller = services.poller
+        spec = get_spec(config.protocol)
+        options = config.protocol_options
+        self._codec: ClientCodec = spec.client_codec(options)
+        events = spec.new_events()
+        target_metrics = TargetMetrics(events)
+        target_codec = spec.target_codec(options, events)
+        policy = (
+            spec.gateway_policy(options, events, services.clock)
+            if spec.gateway_policy is not None
+            else None
+        )
+        self.connector: Connector = connector or TcpConnector(
+            config.target,
+            connect_timeout=config.connect_timeout,
+            keepalive_idle=config.health_check_interval,
+        )
+        settings = PoolSettings(
+            max_connections=config.max_connections,
+            timeout=config.timeout,
+            reconnect_backoff=config.reconnect_backoff,
+            delay=config.delay,
+            max_inflight=config.max_inflight,
+            request_gap=config.request_gap,
+            max_idle=config.max_idle,
+        )
+        pools: list[UpstreamPool] = []
+
+        def make_pool(events: PoolEvents) -> UpstreamPool:
+            def make_connection() -> UpstreamConnection:
+                return UpstreamConnection(
+                    "target",
+                    target_codec,
+                    events,
+                    target_metrics,
+                    services.poller,
+                    clock=services.clock,
+                    log=self.log,
+                    timeout=config.timeout,
+                    max_inflight=config.max_inflight,
+                    request_gap=config.request_gap,
+                    max_idle=config.max_idle,
+                )
+
+            pool = UpstreamPool(
+                events,
+                self.connector,
+                make_connection,
+                settings,
+                target_metrics,
+                clock=services.clock,
+                spawner=services.spawner,
+                log=self.log,
+                name=config.name,
+            )
+            pools.append(pool)
+            return pool
+
+        self.dispatcher = Dispatcher(
+            self._codec,
+            target_metrics,
+            make_pool,
+            clock=services.clock,
+            log=self.log,
+            timeout=config.timeout,
+            queue_size=config.queue_size,
+            policy=policy,
+        )
+        (self.pool,) = pools
+        self.clients = ClientMetrics()
+        self._sessions: set[ClientConnection] = set()
+        self.metrics = BridgeMetrics(
+            self.clients,
+            [target_metrics],
+            clients_now=lambda: len(self._sessions),
+            connections_now=lambda: self.pool.connections,
+            waiting_now=lambda: self.dispatcher.waiting,
+        )
+        self._session_count = 0
+        self._servers: list[asyncio.Server] = []
+        self._draining = False
+
+    # ------------------------------------------------------------------ SessionHost
+
+    @property
+    def codec(self) -> ClientCodec:
+        return self._codec
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return self.dispatcher
+
+    @property
+    def client_backlog(self) -> int:
+        return self.config.client_backlog
+
+    @property
+    def poller(self) -> Poller:
+        return self._poller
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def client_connected(self, session: ClientConnection, transport: asyncio.BaseTransport) -> bool:
+        configure_keepalive(transport, self.config.health_check_interval)
+        self._sessions.add(session)
+        self.clients.accepted += 1
+        return True
+
+    def client_disconnected(self, session: ClientConnection) -> None:
+        self._sessions.discard(session)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def port(self) -> int:
+        """The port of the first listener (useful with port 0).
+
+        Raises:
+            RuntimeError: the bridge is not listening.
+        """
+        if not self._servers:
+            raise RuntimeError(f"bridge {self.name!r} is not listening")
+        port: int = self._servers[0].sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def sockets(self) -> list[str]:
+        """Every address listened on, as HOST:PORT."""
+        return [socket_name(sock) for server in self._servers for sock in server.sockets]
+
+    async def start(self) -> None:
+        """Listen on every address, and connect to the target (in the background).
+
+        Raises:
+            OSError: an address cannot be listened on; nothing is left open.
+        """
+        try:
+            for address in self.config.listen:
+                self._servers.append(await open_listener(self._new_session, address))
+        except OSError:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            raise
+        self.pool.start()
+        self.log.warning(
+            "listening on %s (%s), target %s, up to %d target connection(s)",
+            ", ".join(self.sockets),
+            self.config.protocol,
+            self.connector.target,
+            self.config.max_connections,
+        )
+
+    def _new_session(self) -> ClientSession:
+        self._session_count += 1
+        return ClientSession(self, self._session_count)
+
+    def stop_accepting(self) -> None:
+        """Close the listeners; clients connected stay."""
+        for server in self._servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let requests in flight finish within `grace`, close all."""
+        self._draining = True
+        self.stop_accepting()
+        dispatcher = self.dispatcher
+        if dispatcher.unanswered:
+            self.log.warning(
+                "shutting down: waiting up to %.3gs for %d request(s) in flight",
+                grace,
+                dispatcher.unanswered,
+            )
+            try:
+                async with asyncio.timeout(grace):
+                    await dispatcher.wait_drained()
+            except TimeoutError:
+                self.log.warning(
+                    "%d request(s) still unanswered at shutdown", dispatcher.unanswered
+                )
+        for session in list(self._sessions):
+            session.close()
+        await self.pool.close()
+        dispatcher.close()
+        for server in self._servers:
+            # Client transports were closed above; wait_closed() waits for them in 3.12+.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await server.wait_closed()
+        self.log.warning("stopped after %s", self.metrics.snapshot().log_line())

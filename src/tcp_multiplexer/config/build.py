@@ -1,0 +1,93 @@
+"""One function from a mapping of option values to a validated `AppConfig`.
+
+The command line and a config file both end here, with values as they were written
+(strings from the command line, TOML values from a file), so every default and every
+check lives once. Errors are `ConfigError`s whose key names the option; the caller
+says where the value came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tcp_multiplexer.config.model import AppConfig, BridgeConfig
+from tcp_multiplexer.config.schema import BRIDGE_OPTIONS, GLOBAL_OPTIONS, protocol_options
+from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.options import Option, index_options
+from tcp_multiplexer.protocols.registry import get_spec
+
+_BRIDGE: dict[str, Option] = index_options(BRIDGE_OPTIONS)
+_GLOBAL: dict[str, Option] = index_options(GLOBAL_OPTIONS)
+
+
+def _read(options: Mapping[str, Option], values: Mapping[str, object]) -> dict[str, Any]:
+    """Every option's value by field name: the given one read, or the default."""
+    given = {options[key].field: value for key, value in values.items()}
+    return {
+        option.field: option.read(given.get(option.field, option.default))
+        for option in dict.fromkeys(options.values())
+    }
+
+
+def build_bridge(values: Mapping[str, object]) -> BridgeConfig:
+    """A bridge from option values by key (``max-connections`` or ``max_connections``).
+
+    Raises:
+        ConfigError: an unknown key, an option of another protocol, or a bad value.
+    """
+    protocol_option = _BRIDGE["protocol"]
+    protocol = protocol_option.read(values.get("protocol", protocol_option.default))
+    spec = get_spec(protocol)
+    known = {**_BRIDGE, **index_options(spec.options)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(_unknown_key(key, protocol), key=key.replace("_", "-"))
+    read = _read(known, values)
+    options = spec.make_options({option.field: read[option.field] for option in spec.options})
+    core = {option.field: read[option.field] for option in BRIDGE_OPTIONS}
+    return BridgeConfig(**core, protocol_options=options)
+
+
+def _unknown_key(key: str, protocol: str) -> str:
+    spelled = key.replace("_", "-")
+    owners = [
+        name for name, options in protocol_options().items() if spelled in index_options(options)
+    ]
+    if owners:
+        return f"is a {' and '.join(owners)} option; this bridge's protocol is {protocol}"
+    return "unknown option"
+
+
+def build_app(
+    global_values: Mapping[str, object],
+    bridges: Sequence[Mapping[str, object]],
+    *,
+    source: str | None = None,
+) -> AppConfig:
+    """The process config from its global option values and each bridge's.
+
+    -v and -d (``verbose``, ``debug``) raise the log level above what ``log-level`` says.
+
+    Raises:
+        ConfigError: as `build_bridge`; for a bridge, `ConfigError.bridge` says which.
+    """
+    for key in global_values:
+        if key not in _GLOBAL:
+            raise ConfigError("unknown option", key=key.replace("_", "-"))
+    read = _read(_GLOBAL, global_values)
+    level = "debug" if read["debug"] else "info" if read["verbose"] else read["log_level"]
+    built = []
+    for index, values in enumerate(bridges):
+        try:
+            built.append(build_bridge(values))
+        except ConfigError as exc:
+            exc.bridge = str(values.get("name") or f"#{index + 1}")
+            raise
+    return AppConfig(
+        bridges=tuple(built),
+        log_level=level,
+        metrics_interval=read["metrics_interval"],
+        busy_poll=read["busy_poll"],
+        source=source,
+    )

@@ -1,0 +1,160 @@
+"""The configuration the process runs with: frozen, validated dataclasses.
+
+`AppConfig` (the process) holds one `BridgeConfig` per bridge. Defaults live here
+only (the option tables in config/schema.py take them from here); validation happens in
+`__post_init__`, so a config is valid wherever it was built. Nothing below the config
+reads flags or files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.options import Address, parse_listen, parse_target
+from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.protocols.spec import ProtocolName
+
+DEFAULT_PROTOCOL: Final = ProtocolName.ECHO
+DEFAULT_TARGET: Final = "127.0.0.1:1234"
+DEFAULT_LISTEN: Final = "8000"
+DEFAULT_TIMEOUT: Final = 60.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_MAX_CONNECTIONS: Final = 1
+DEFAULT_RECONNECT_BACKOFF: Final = 1.0
+DEFAULT_HEALTH_CHECK_INTERVAL: Final = 30.0
+DEFAULT_QUEUE_SIZE: Final = 32
+DEFAULT_MAX_INFLIGHT: Final = 1
+DEFAULT_CLIENT_BACKLOG: Final = 16
+"""Requests one client may have outstanding before it is no longer read from."""
+DEFAULT_METRICS_INTERVAL: Final = 60.0
+DEFAULT_BUSY_POLL: Final = 0.0002
+"""200 µs of polling after I/O: a few loopback round trips, far below a device's answer."""
+DEFAULT_LOG_LEVEL: Final = "warning"
+LOG_LEVELS: Final = ("warning", "info", "debug")
+MAX_INFLIGHT_LIMIT: Final = 1024
+"""Upper bound for --max-inflight; Modbus ids are 16 bits, and no device pipelines more."""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """One bridge: its listeners, its target, its protocol and how it shares the target."""
+
+    name: str = ""
+    """Unique in the process; names the bridge in logs and metrics. Empty: named after
+    its first listen address."""
+    protocol: str = DEFAULT_PROTOCOL
+    target: Address = field(default_factory=lambda: parse_target(DEFAULT_TARGET))
+    listen: tuple[Address, ...] = field(default_factory=lambda: (parse_listen(DEFAULT_LISTEN),))
+    timeout: float = DEFAULT_TIMEOUT
+    """Longest wait for an answer, and longest wait for a free target connection."""
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    delay: float = 0.0
+    """Pause after each target connect before its first request (the reference's --delay)."""
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    reconnect_backoff: float = DEFAULT_RECONNECT_BACKOFF
+    health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    client_backlog: int = DEFAULT_CLIENT_BACKLOG
+    request_gap: float = 0.0
+    """Minimum pause between two requests on one target connection."""
+    max_idle: float = 0.0
+    """Close a target connection idle this long (0 = never); reopened on demand."""
+    protocol_options: Any = None
+    """The protocol's own options object (ModbusOptions...); None: its defaults."""
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.protocol)
+        object.__setattr__(self, "protocol", spec.name)
+        default_options = spec.default_options()
+        if self.protocol_options is None:
+            object.__setattr__(self, "protocol_options", default_options)
+        elif type(self.protocol_options) is not type(default_options):
+            raise ConfigError(
+                f"{type(self.protocol_options).__name__} are not {spec.name} options",
+                key="protocol",
+            )
+        if not self.name:
+            object.__setattr__(self, "name", str(self.listen[0]) if self.listen else "")
+        if not self.listen:
+            raise ConfigError("give at least one address", key="listen")
+        if len(set(self.listen)) != len(self.listen):
+            raise ConfigError("the same address is given twice", key="listen")
+        if self.timeout <= 0:
+            raise ConfigError("must be positive", key="timeout")
+        if self.connect_timeout <= 0:
+            raise ConfigError("must be positive", key="connect-timeout")
+        for key, value in (
+            ("delay", self.delay),
+            ("reconnect-backoff", self.reconnect_backoff),
+            ("health-check-interval", self.health_check_interval),
+            ("request-gap", self.request_gap),
+            ("max-idle", self.max_idle),
+        ):
+            if value < 0:
+                raise ConfigError("must not be negative", key=key)
+        for key, count in (
+            ("max-connections", self.max_connections),
+            ("queue-size", self.queue_size),
+            ("max-inflight", self.max_inflight),
+            ("client-backlog", self.client_backlog),
+        ):
+            if count < 1:
+                raise ConfigError("must be at least 1", key=key)
+        if self.max_inflight > MAX_INFLIGHT_LIMIT:
+            raise ConfigError(f"must be at most {MAX_INFLIGHT_LIMIT}", key="max-inflight")
+        if self.target.port == 0:
+            raise ConfigError("the port must not be 0", key="target")
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """The process: its bridges and what they share (logging, the poller)."""
+
+    bridges: tuple[BridgeConfig, ...] = field(default_factory=lambda: (BridgeConfig(),))
+    log_level: str = DEFAULT_LOG_LEVEL
+    """warning, info (-v: connections, the metrics line) or debug (-d: hex dumps too)."""
+    metrics_interval: float = DEFAULT_METRICS_INTERVAL
+    """How often the metrics line is logged at info level (0 = never)."""
+    busy_poll: float = DEFAULT_BUSY_POLL
+    """How long the event loop keeps polling after I/O before it sleeps (0 = never)."""
+    source: str | None = None
+    """The config file it was read from; None: the command line alone."""
+
+    def __post_init__(self) -> None:
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"{self.log_level!r} is not one of {', '.join(LOG_LEVELS)}", key="log-level"
+            )
+        for key, value in (
+            ("metrics-interval", self.metrics_interval),
+            ("busy-poll", self.busy_poll),
+        ):
+            if value < 0:
+                raise ConfigError("must not be negative", key=key)
+        names = [bridge.name for bridge in self.bridges]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"two bridges are named {name!r}")
+        seen: dict[Address, str] = {}
+        for bridge in self.bridges:
+            for address in bridge.listen:
+                other = seen.get(address)
+                if other is not None:
+                    raise ConfigError(
+                        f"bridges {other!r} and {bridge.name!r} both listen on {address}"
+                    )
+                seen[address] = bridge.name
+
+    def bridge(self, name: str) -> BridgeConfig:
+        """The bridge named `name`.
+
+        Raises:
+            KeyError: there is none.
+        """
+        for bridge in self.bridges:
+            if bridge.name == name:
+                return bridge
+        raise KeyError(name)

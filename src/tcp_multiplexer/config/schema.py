@@ -1,0 +1,239 @@
+"""Every option the server takes, declared once: the command line and config files are
+both read from these tables (protocol options come from each protocol's spec)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from tcp_multiplexer.config import model
+from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.options import (
+    Option,
+    Scope,
+    choice_value,
+    count_value,
+    duration_value,
+    listen_value,
+    target_value,
+    text_value,
+)
+from tcp_multiplexer.protocols.registry import SPECS, get_spec, protocol_names
+
+
+def _protocol_value(value: object) -> str:
+    return get_spec(text_value(value)).name
+
+
+def _name_value(value: object) -> str:
+    """A bridge name: printable, no spaces (it is a log prefix and a metric label)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}")
+    name = value.strip()
+    if any(not char.isprintable() or char.isspace() or char in '"\\' for char in name):
+        raise ConfigError(f"{value!r} has spaces, quotes or unprintable characters")
+    return name
+
+
+TARGET_GROUP: Final = "target and listener (as in the reference)"
+TIMING_GROUP: Final = "timing (durations: plain seconds like 1.5, or 500ms, 1s, 1m30s)"
+POOL_GROUP: Final = "connections and queueing"
+LOG_GROUP: Final = "logging"
+
+BRIDGE_OPTIONS: Final = (
+    Option(
+        "name",
+        "the bridge's name in logs and metrics (default: its first listen address)",
+        _name_value,
+        "",
+        metavar="NAME",
+        group=TARGET_GROUP,
+    ),
+    Option(
+        "protocol",
+        f"application protocol: {', '.join(protocol_names())} (default: echo)",
+        _protocol_value,
+        model.DEFAULT_PROTOCOL,
+        flags=("-p", "--applicationProtocol", "--protocol"),
+        metavar="PROTO",
+        group=TARGET_GROUP,
+    ),
+    Option(
+        "target",
+        f"target server address (default: {model.DEFAULT_TARGET})",
+        target_value,
+        model.DEFAULT_TARGET,
+        flags=("-t", "--targetServer", "--target"),
+        metavar="HOST:PORT",
+        group=TARGET_GROUP,
+    ),
+    Option(
+        "listen",
+        "address to listen on; a bare PORT listens on all interfaces; repeat it to listen on "
+        f"several (default: {model.DEFAULT_LISTEN})",
+        listen_value,
+        model.DEFAULT_LISTEN,
+        flags=("-l", "--listen"),
+        metavar="[HOST:]PORT",
+        repeatable=True,
+        group=TARGET_GROUP,
+    ),
+    Option(
+        "timeout",
+        "longest wait for a target answer, and for a free target connection; a quiet "
+        "client is never dropped for idling (default: 60)",
+        duration_value,
+        model.DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+    ),
+    Option(
+        "connect-timeout",
+        "longest wait for a target connection to open (default: 5s)",
+        duration_value,
+        model.DEFAULT_CONNECT_TIMEOUT,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+    ),
+    Option(
+        "delay",
+        "pause after each target connect before the first request, for devices that need "
+        "time (default: 0)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+    ),
+    Option(
+        "reconnect-backoff",
+        "first wait before reconnecting to the target; doubles per failure up to 30s, with "
+        "jitter (default: 1s)",
+        duration_value,
+        model.DEFAULT_RECONNECT_BACKOFF,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+    ),
+    Option(
+        "health-check-interval",
+        "idle time after which TCP keepalive probes target and client connections, so a "
+        "dead (half-open) one is found: a target connection is replaced, a client's "
+        "closed; closes and resets are seen at once (default: 30s)",
+        duration_value,
+        model.DEFAULT_HEALTH_CHECK_INTERVAL,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+    ),
+    Option(
+        "max-connections",
+        "target connections used in parallel; opened as load needs them (default: 1)",
+        count_value(1),
+        model.DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "max-inflight",
+        "requests outstanding at once on one target connection (pipelining); answers are "
+        "matched in order, or by transaction id for modbus (default: 1)",
+        count_value(1),
+        model.DEFAULT_MAX_INFLIGHT,
+        metavar="N",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "queue-size",
+        "requests that may wait for a free target connection; when full, a client that "
+        "adds a second waiting request is not read from until room frees (each client may "
+        "always queue one) (default: 32)",
+        count_value(1),
+        model.DEFAULT_QUEUE_SIZE,
+        metavar="N",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "client-backlog",
+        "requests one client may have outstanding before it is not read from (default: 16)",
+        count_value(1),
+        model.DEFAULT_CLIENT_BACKLOG,
+        metavar="N",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "request-gap",
+        "minimum quiet time on one target connection between an answer (or request) and "
+        "the next request (default: 0)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "max-idle",
+        "close a target connection idle this long, before the device silently does; it "
+        "reopens on the next request (default: 0 = never)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=POOL_GROUP,
+    ),
+)
+"""Options of every bridge, whatever its protocol."""
+
+GLOBAL_OPTIONS: Final = (
+    Option(
+        "verbose",
+        "log each client and target connection, and a metrics line periodically",
+        None,
+        False,
+        flags=("-v", "--verbose"),
+        group=LOG_GROUP,
+        scope=Scope.GLOBAL,
+    ),
+    Option(
+        "debug",
+        "also log every message in hex",
+        None,
+        False,
+        flags=("-d", "--debug"),
+        group=LOG_GROUP,
+        scope=Scope.GLOBAL,
+    ),
+    Option(
+        "log-level",
+        "warning, info (as -v) or debug (as -d) (default: warning)",
+        choice_value(model.LOG_LEVELS),
+        model.DEFAULT_LOG_LEVEL,
+        metavar="LEVEL",
+        group=LOG_GROUP,
+        scope=Scope.GLOBAL,
+        table="logging",
+        file_key="level",
+    ),
+    Option(
+        "metrics-interval",
+        "how often -v logs the metrics line (default: 60s; 0 = never)",
+        duration_value,
+        model.DEFAULT_METRICS_INTERVAL,
+        metavar="DURATION",
+        group=LOG_GROUP,
+        scope=Scope.GLOBAL,
+        table="logging",
+    ),
+    Option(
+        "busy-poll",
+        "keep polling this long after each burst of I/O before sleeping: the next request "
+        "or answer is usually that close, and waking from sleep costs more; costs CPU only "
+        "while traffic flows; 0 = never (default: 200us)",
+        duration_value,
+        model.DEFAULT_BUSY_POLL,
+        metavar="DURATION",
+        group=TIMING_GROUP,
+        scope=Scope.GLOBAL,
+        table="poller",
+    ),
+)
+"""Options of the process: on the command line, and in the file's global tables."""
+
+
+def protocol_options() -> dict[str, tuple[Option, ...]]:
+    """Each protocol's own options, by protocol name."""
+    return {name: spec.options for name, spec in SPECS.items() if spec.options}

@@ -1,0 +1,1 @@
+"""The request path, protocol-blind: sessions, dispatch, target connections, pools."""

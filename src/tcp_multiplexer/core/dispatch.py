@@ -1,0 +1,387 @@
+"""Dispatch: from a client's request to a target connection and back.
+
+Requests that find no free target connection wait in a fair queue: one FIFO per
+client, served round-robin between clients, so a client that pipelines many
+requests cannot starve the others. The dispatcher owns every wait queue (a session
+only hands requests in), so one listener can feed several dispatchers, one per
+target. The queue is bounded (`queue_size`): when it is full the clients that add to
+it are no longer read from, and TCP pushes back on them until room frees. A request
+that waits longer than `timeout` is answered with the protocol's busy answer and
+never sent.
+
+Identical requests may share one target round trip (coalescing) when the gateway
+policy names a key for them; each client still gets its own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Hashable
+
+from tcp_multiplexer.core.interfaces import (
+    ClientCodec,
+    Clock,
+    FailureReason,
+    GatewayPolicy,
+    Pool,
+    PoolFactory,
+    Request,
+    RequestOwner,
+    RequestState,
+    TargetConnection,
+    TimerHandle,
+)
+from tcp_multiplexer.observability.metrics import LATENCY_BUCKETS_S, TargetMetrics
+
+
+class Dispatcher:
+    """The fair wait queue, coalescing and delivery of answers to their clients."""
+
+    # Slots: attributes read on every request.
+    __slots__ = (
+        "_batch",
+        "_clock",
+        "_coalesce",
+        "_codec",
+        "_drained",
+        "_leaders",
+        "_log",
+        "_metrics",
+        "_paused",
+        "_policy",
+        "_pool",
+        "_queue_size",
+        "_queue_timer",
+        "_queues",
+        "_ring",
+        "_timeout",
+        "_waiting",
+        "unanswered",
+    )
+
+    def __init__(
+        self,
+        codec: ClientCodec,
+        metrics: TargetMetrics,
+        pool: PoolFactory,
+        *,
+        clock: Clock,
+        log: logging.LoggerAdapter[logging.Logger],
+        timeout: float,
+        queue_size: int,
+        policy: GatewayPolicy | None = None,
+    ) -> None:
+        self._codec = codec
+        self._metrics = metrics
+        self._clock = clock
+        self._log = log
+        self._timeout = timeout
+        self._queue_size = queue_size
+        self._policy = policy
+        self._coalesce = policy is not None and policy.coalescing
+        self._queues: dict[RequestOwner, deque[Request]] = {}
+        """Each client's waiting requests, oldest first."""
+        self._ring: deque[RequestOwner] = deque()
+        """Clients with waiting requests, in round-robin order."""
+        self._waiting = 0
+        self._queue_timer: TimerHandle | None = None
+        self._paused: set[RequestOwner] = set()
+        """Clients not read from because the queue was full when they added to it."""
+        self._leaders: dict[Hashable, Request] = {}
+        self.unanswered = 0
+        """Requests submitted and not yet answered (or dropped with their client)."""
+        self._drained: asyncio.Future[None] | None = None
+        self._batch: list[TargetConnection] | None = None
+        """Connections corked while a client's several requests are submitted."""
+        self._pool: Pool = pool(self)
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    @property
+    def waiting(self) -> int:
+        """Requests in the wait queue."""
+        return self._waiting
+
+    @property
+    def metrics(self) -> TargetMetrics:
+        return self._metrics
+
+    # ------------------------------------------------------------------ requests in
+
+    def submit(self, request: Request) -> None:
+        """Take a new request: answer it locally, coalesce it, send it, or queue it."""
+        self.unanswered += 1
+        metrics = self._metrics
+        metrics.requests += 1
+        policy = self._policy
+        if policy is not None:
+            local = policy.admit(request)
+            if local is not None:
+                metrics.local_answers += 1
+                self._deliver(request, local, False)
+                return
+            key = request.coalesce_key
+            if key is not None and self._coalesce:
+                leader = self._leaders.get(key)
+                if leader is not None:
+                    if leader.followers is None:
+                        leader.followers = []
+                    leader.followers.append(request)
+                    request.state = RequestState.FOLLOWING
+                    metrics.coalesced += 1
+                    return
+                self._leaders[key] = request
+        pool = self._pool
+        if not self._waiting:
+            connection = pool.available_connection()
+            if connection is not None:
+                if self._batch is not None and connection not in self._batch:
+                    connection.cork()
+                    self._batch.append(connection)
+                connection.send(request)
+                return
+        if pool.unreachable:
+            self.fail(request, FailureReason.UNAVAILABLE)
+            return
+        self._enqueue(request)
+        pool.demand()
+
+    def begin_batch(self) -> None:
+        """Several requests follow: hold their writes per connection until end_batch()."""
+        self._batch = []
+
+    def end_batch(self) -> None:
+        """Write what begin_batch() held, one write per target connection."""
+        batch = self._batch
+        self._batch = None
+        if batch:
+            for connection in batch:
+                connection.uncork()
+
+    def _enqueue(self, request: Request) -> None:
+        owner = request.owner
+        request.state = RequestState.WAITING
+        request.deadline = request.submitted_at + self._timeout
+        queue = self._queues.get(owner)
+        if queue is None:
+            queue = self._queues[owner] = deque()
+        if not queue:
+            self._ring.append(owner)
+        queue.append(request)
+        self._waiting += 1
+        if self._queue_timer is None:
+            self._queue_timer = self._clock.call_at(request.deadline, self._expire_waiting)
+        # A full queue stops reading from clients that add a second waiting request:
+        # each client may always queue one, so a crowd of clients that each wait for
+        # one answer is never paused (pausing them would only cost system calls), and
+        # the queue holds at most `queue_size` requests plus one per client.
+        if self._waiting >= self._queue_size and len(queue) > 1 and owner not in self._paused:
+            self._paused.add(owner)
+            owner.pause_for_queue()
+
+    def _next_waiting(self) -> Request | None:
+        ring = self._ring
+        while ring:
+            owner = ring.popleft()
+            queue = self._queues[owner]
+            request = queue.popleft()
+            if queue:
+                ring.append(owner)
+            elif owner.closed:
+                del self._queues[owner]
+            self._waiting -= 1
+            if request.abandoned:
+                self._drop(request)
+                continue
+            return request
+        return None
+
+    def connection_available(self, connection: TargetConnection) -> None:
+        """`connection` can take another request (callers checked `can_send`): give it
+        waiting ones while it can."""
+        if self._waiting:
+            if connection.pipelined:
+                self._send_waiting_batch(connection)
+            else:
+                # One request at a time (the default): a single write, nothing to gather.
+                request = self._next_waiting()
+                if request is not None:
+                    connection.send(request)
+        self._resume_paused()
+
+    def _send_waiting_batch(self, connection: TargetConnection) -> None:
+        """Send waiting requests while `connection` takes them, in one write."""
+        connection.cork()
+        try:
+            while self._waiting and connection.can_send:
+                request = self._next_waiting()
+                if request is None:
+                    break
+                connection.send(request)
+        finally:
+            connection.uncork()
+
+    def _resume_paused(self) -> None:
+        """Read again from clients paused by a full queue, once it has room."""
+        if self._paused and self._waiting < self._queue_size:
+            paused = self._paused
+            self._paused = set()
+            for owner in paused:
+                owner.resume_for_queue()
+
+    def _expire_waiting(self) -> None:
+        """Answer every request that waited past its deadline with the busy answer."""
+        self._queue_timer = None
+        now = self._clock.time()
+        expired: list[Request] = []
+        next_deadline: float | None = None
+        for owner in list(self._ring):
+            queue = self._queues[owner]
+            while queue and queue[0].deadline <= now:
+                expired.append(queue.popleft())
+            if not queue:
+                self._ring.remove(owner)
+            elif next_deadline is None or queue[0].deadline < next_deadline:
+                next_deadline = queue[0].deadline
+        self._waiting -= len(expired)
+        if next_deadline is not None:
+            self._queue_timer = self._clock.call_at(next_deadline, self._expire_waiting)
+        for request in expired:
+            if request.abandoned:
+                self._drop(request)
+            else:
+                self.fail(request, FailureReason.BUSY)
+        self._resume_paused()
+        if expired:
+            self._log.warning(
+                "%d request(s) waited longer than %.3gs for a free target connection",
+                len(expired),
+                self._timeout,
+            )
+
+    def target_unreachable(self) -> None:
+        """No target connection is up and connecting failed: answer all waiting now."""
+        while self._waiting:
+            request = self._next_waiting()
+            if request is None:
+                break
+            self.fail(request, FailureReason.UNAVAILABLE)
+        self._resume_paused()
+
+    def owner_closed(self, owner: RequestOwner) -> None:
+        """A client left: its waiting requests are dropped, never sent.
+
+        A waiting request that others are coalesced onto stays queued for them.
+        """
+        self._paused.discard(owner)
+        queue = self._queues.get(owner)
+        if queue is None:
+            return
+        if not queue:
+            del self._queues[owner]
+            return
+        kept = [request for request in queue if request.followers]
+        for request in queue:
+            if not request.followers:
+                self._drop(request)
+        self._waiting -= len(queue) - len(kept)
+        queue.clear()
+        queue.extend(kept)
+        if not kept:
+            self._ring.remove(owner)
+            del self._queues[owner]
+
+    # ------------------------------------------------------------------ answers out
+
+    def finish(self, request: Request, answer: bytes, now: float, ends_connection: bool) -> None:
+        """The target answered `request` (`answer` in client form) at loop time `now`:
+        deliver the answer to it and to its followers. `ends_connection`: the answer
+        ends the connection (HTTP `Connection: close`)."""
+        metrics = self._metrics
+        metrics.last_answer_at = now
+        policy = self._policy
+        if request.observed and policy is not None:
+            policy.observe(request, answer)
+        if request.coalesce_key is not None:
+            self._release_leader(request)
+        # The latency histogram's observe(), inlined: this runs for every answer.
+        latency = metrics.latency
+        counts = latency.counts
+        elapsed = now - request.submitted_at
+        counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
+        latency.total += elapsed
+        metrics.answers += 1
+        self._deliver(request, answer, ends_connection)
+        followers = request.followers
+        if followers and policy is not None:
+            share = policy.share
+            for follower in followers:
+                elapsed = now - follower.submitted_at
+                counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
+                latency.total += elapsed
+                metrics.answers += 1
+                self._deliver(follower, share(follower.payload, answer), ends_connection)
+
+    def fail(self, request: Request, reason: FailureReason) -> None:
+        """Answer `request` (and its followers) with the gateway answer for `reason`."""
+        if request.coalesce_key is not None:
+            self._release_leader(request)
+        codec = self._codec
+        policy = self._policy
+        metrics = self._metrics
+        now = self._clock.time()
+        ends = codec.gateway_answers_close
+        for failed in (request, *(request.followers or ())):
+            metrics.count_gateway(reason)
+            metrics.gateway_latency.observe(now - failed.submitted_at)
+            answer = codec.gateway_answer(failed.payload, reason)
+            if policy is not None:
+                policy.observe_gateway_answer(failed.payload, answer)
+            if answer is None:
+                failed.close_client = True
+                self._deliver(failed, b"", False)
+            else:
+                self._deliver(failed, answer, ends)
+
+    def _release_leader(self, request: Request) -> None:
+        if self._leaders.get(request.coalesce_key) is request:
+            del self._leaders[request.coalesce_key]
+
+    def _deliver(self, request: Request, answer: bytes, ends_connection: bool) -> None:
+        request.state = RequestState.DONE
+        request.answer = answer
+        if ends_connection:
+            request.ends_connection = True
+        self.unanswered -= 1
+        if not self.unanswered and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        request.owner.request_done(request)
+
+    def _drop(self, request: Request) -> None:
+        """Forget a request nobody waits for any more."""
+        request.state = RequestState.DONE
+        if request.coalesce_key is not None:
+            self._release_leader(request)
+        self.unanswered -= 1
+        if not self.unanswered and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+
+    async def wait_drained(self) -> None:
+        """Return once every submitted request has been answered or dropped."""
+        if not self.unanswered:
+            return
+        if self._drained is None:
+            self._drained = self._clock.create_future()
+        await asyncio.shield(self._drained)
+
+    def close(self) -> None:
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None

@@ -1,0 +1,521 @@
+"""The vocabulary the core modules share, and the only thing they import from each other.
+
+Session, dispatcher, upstream connection and pool never import one another: each
+talks to the others through the small `typing.Protocol` interfaces below, so each can
+be built and tested alone with a fake transport and a virtual clock. Protocol
+knowledge reaches the core only through the codec and policy interfaces; nothing here
+names a protocol.
+
+The path of one request, and which interface each hop goes through::
+
+    client bytes -> Framer (ClientCodec) -> Request -> Dispatch.submit
+        -> Pool.available_connection -> TargetConnection.send -> TargetCodec.encode
+    target bytes -> ResponseFramer (TargetCodec) -> TargetCodec.decode
+        -> ConnectionSink.finish -> RequestOwner.request_done -> client bytes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from enum import Enum, StrEnum
+from typing import Final, Protocol
+
+
+class FailureReason(StrEnum):
+    """Why the multiplexer answers a request itself instead of the target."""
+
+    UNAVAILABLE = "target unreachable"
+    """No target connection could be established (Modbus 0x0A, HTTP 502)."""
+    BUSY = "no free target connection in time"
+    """The request waited longer than the timeout and was never sent (Modbus 0x06, HTTP 503)."""
+    TIMEOUT = "target did not answer in time"
+    """The request was sent but not answered in time (Modbus 0x0B, HTTP 504)."""
+    BROKEN = "target connection failed before answering"
+    """The request was sent, then the connection closed or sent garbage (Modbus 0x0B, HTTP 502)."""
+
+
+class Correlation(Enum):
+    """How answers are matched to the requests outstanding on a target connection."""
+
+    FIFO = "fifo"
+    """Answers come back in request order (pipelining allowed)."""
+    BY_ID = "by-id"
+    """Each request carries an id from the codec's id space, which the target echoes."""
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+class Framer(Protocol):
+    """Cuts one direction of a byte stream into messages (sans-IO)."""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add `data`; return every message now complete, in order ([] = need more).
+
+        Raises:
+            FramingError: the stream is malformed or a message exceeds the limit.
+        """
+        ...
+
+    def feed_eof(self) -> list[bytes]:
+        """The peer closed its side: return a close-delimited final message, if any.
+
+        Raises:
+            IncompleteMessage: part of a message is still buffered.
+        """
+        ...
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held that do not yet form a complete message."""
+        ...
+
+    @property
+    def closing_at(self) -> int:
+        """Index, in what the last `feed` or `feed_eof` returned, of the first message
+        that ends the connection (HTTP ``Connection: close``, HTTP/1.0, a close-delimited
+        body); -1 if none does."""
+        ...
+
+    def take_interim_reply(self) -> bytes | None:
+        """Bytes the multiplexer should send to this peer now, before any complete message.
+
+        HTTP's ``100 Continue``: a client that sent ``Expect: 100-continue`` waits for it
+        before sending the body, and the multiplexer forwards only complete requests, so
+        it must answer that itself. None for every other protocol and state. Each reply is
+        handed out once; call after `feed`.
+        """
+        ...
+
+
+class ResponseFramer(Framer, Protocol):
+    """A framer for target answers, told about each request before it is sent."""
+
+    def expect_response(self, request: bytes) -> None:
+        """Note that `request` (in the target's form) is about to be sent (HTTP needs
+        the method for HEAD)."""
+        ...
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+class ClientCodec(Protocol):
+    """A protocol as the clients speak it: framing their requests, gateway answers."""
+
+    @property
+    def name(self) -> str: ...
+
+    def request_framer(self) -> Framer:
+        """A new framer for one client's request stream."""
+        ...
+
+    def gateway_answer(self, request: bytes, reason: FailureReason) -> bytes | None:
+        """The multiplexer's own answer to `request`, or None to close the client instead."""
+        ...
+
+    @property
+    def gateway_answers_close(self) -> bool:
+        """True if every gateway answer ends the client's connection (HTTP's carry
+        ``Connection: close``)."""
+        ...
+
+
+class TargetCodec(Protocol):
+    """A protocol as the target speaks it: requests out, answers back in client form.
+
+    The core and the gateway policies only ever see client-form messages; a target
+    codec translates at the edge (Modbus puts its own transaction id on each request
+    and restores the client's on the answer; RTU framing adds and removes the MBAP
+    header).
+    """
+
+    @property
+    def correlation(self) -> Correlation: ...
+
+    @property
+    def id_space(self) -> int:
+        """How many distinct ids `encode` takes (BY_ID codecs; 0 for FIFO)."""
+        ...
+
+    @property
+    def transparent(self) -> bool:
+        """True if `encode` and `decode` return their input unchanged: the connection
+        then calls neither."""
+        ...
+
+    @property
+    def framing_needs_requests(self) -> bool:
+        """True if the answer framer must see each request first (HTTP: no body after
+        HEAD): the connection then calls `ResponseFramer.expect_response`."""
+        ...
+
+    def response_framer(self) -> ResponseFramer:
+        """A new framer for one target connection's answer stream."""
+        ...
+
+    def encode(self, request: bytes, wire_id: int) -> bytes:
+        """`request` (client form) as it goes to the target, carrying `wire_id` for BY_ID."""
+        ...
+
+    def decode(self, request: bytes, answer: bytes) -> bytes:
+        """The target's `answer` to `request` (client form) made the client's own answer."""
+        ...
+
+    def answer_id(self, answer: bytes) -> int:
+        """The id a framed answer carries (BY_ID codecs only)."""
+        ...
+
+
+class GatewayPolicy(Protocol):
+    """Optional protocol-specific handling before and after a request is sent.
+
+    The core calls it without knowing the protocol: it may answer locally (cached
+    reads), name a key under which identical requests share one target round trip,
+    and learn from every answer (cache fill and invalidation). Every message it sees is
+    in client form.
+    """
+
+    @property
+    def coalescing(self) -> bool:
+        """True if requests with the same key share one round trip."""
+        ...
+
+    def admit(self, request: Request) -> bytes | None:
+        """A local answer to `request`, or None to send it. Sets `request.coalesce_key`
+        for requests that may share an answer (and `request.observed` for those whose
+        answer `observe` must see)."""
+        ...
+
+    def share(self, request: bytes, answer: bytes) -> bytes:
+        """`answer`, given to an identical request, made `request`'s own answer."""
+        ...
+
+    def observe(self, request: Request, answer: bytes) -> None:
+        """Learn from the target's answer to a request that `admit` marked observed."""
+        ...
+
+    def observe_gateway_answer(self, request: bytes, answer: bytes | None) -> None:
+        """The multiplexer answered `request` itself (`answer`; None = client closed)
+        because the target could not: the request may or may not have reached it."""
+        ...
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+class RequestState:
+    """Where a request is: each moves forward only.
+
+    Plain int class attributes, not an IntEnum: reading an enum member costs about
+    100 ns, several times per request.
+    """
+
+    NEW: Final = 0
+    WAITING: Final = 1
+    """Queued for a free target connection."""
+    SENT: Final = 2
+    """Written to a target connection, answer outstanding."""
+    FOLLOWING: Final = 3
+    """Coalesced: rides on an identical request that is waiting or sent."""
+    DONE: Final = 4
+
+
+class RequestOwner(Protocol):
+    """The client a request came from, as the dispatcher sees it."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the client's connection is gone."""
+        ...
+
+    def request_done(self, request: Request) -> None:
+        """`request` has its answer (or the client must be closed)."""
+        ...
+
+    def pause_for_queue(self) -> None:
+        """Stop reading: the wait queue is full."""
+        ...
+
+    def resume_for_queue(self) -> None:
+        """The wait queue has room again."""
+        ...
+
+
+class Request:
+    """A framed client request and, once known, the bytes that answer it.
+
+    `answer` is meaningful once `state` is DONE, unless `close_client` is set: the
+    protocol has no gateway answer and the client must be closed instead.
+    """
+
+    __slots__ = (
+        "answer",
+        "close_client",
+        "closes_target",
+        "coalesce_key",
+        "deadline",
+        "ends_connection",
+        "followers",
+        "observed",
+        "owner",
+        "payload",
+        "state",
+        "submitted_at",
+        "wire_id",
+    )
+
+    def __init__(self, owner: RequestOwner, payload: bytes, now: float) -> None:
+        self.owner = owner
+        self.payload = payload
+        self.submitted_at = now
+        self.deadline = 0.0
+        self.state: int = RequestState.NEW
+        self.answer = b""
+        self.close_client = False
+        self.ends_connection = False
+        """The answer ends the client's connection (HTTP `Connection: close`)."""
+        self.closes_target = False
+        """The target closes its connection after answering (HTTP `Connection: close`)."""
+        self.coalesce_key: Hashable | None = None
+        self.observed = False
+        """The gateway policy wants to see this request's answer."""
+        self.followers: list[Request] | None = None
+        self.wire_id = 0
+
+    @property
+    def abandoned(self) -> bool:
+        """True if nobody is waiting for this request's answer any more."""
+        return self.owner.closed and not self.followers
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+    def when(self) -> float: ...
+
+
+class Clock(Protocol):
+    """The part of the event loop the callback path uses: asyncio's loop, or a virtual
+    clock in unit tests."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle: ...
+
+    def call_soon(self, callback: Callable[[], object]) -> object: ...
+
+    def create_future(self) -> asyncio.Future[None]: ...
+
+
+class Poller(Protocol):
+    """Told of every burst of I/O (see core.poller)."""
+
+    def touch(self, now: float) -> None: ...
+
+
+# ---------------------------------------------------------------------------- the hops
+
+
+class Dispatch(Protocol):
+    """Where a session hands its requests."""
+
+    def submit(self, request: Request) -> None:
+        """Take a new request: answer it locally, coalesce it, send it, or queue it."""
+        ...
+
+    def begin_batch(self) -> None:
+        """Several requests follow: hold their writes per connection until end_batch()."""
+        ...
+
+    def end_batch(self) -> None:
+        """Write what begin_batch() held, one write per target connection."""
+        ...
+
+    def owner_closed(self, owner: RequestOwner) -> None:
+        """A client left: its waiting requests are dropped, never sent."""
+        ...
+
+
+class TargetConnection(Protocol):
+    """One target connection, as the dispatcher and the pool see it."""
+
+    @property
+    def can_send(self) -> bool:
+        """True if a request could be written now."""
+        ...
+
+    @property
+    def pipelined(self) -> bool:
+        """More than one request may be outstanding at once."""
+        ...
+
+    def send(self, request: Request) -> None:
+        """Write `request`; the caller checked `can_send`."""
+        ...
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+
+class ConnectionSink(Protocol):
+    """What a target connection reports to (the dispatcher)."""
+
+    def finish(self, request: Request, answer: bytes, now: float, ends_connection: bool) -> None:
+        """The target answered `request` (`answer` in client form) at loop time `now`."""
+        ...
+
+    def fail(self, request: Request, reason: FailureReason) -> None:
+        """`request` gets the gateway answer for `reason`."""
+        ...
+
+    def connection_available(self, connection: TargetConnection) -> None:
+        """`connection` can take another request (the caller checked `can_send`)."""
+        ...
+
+
+class PoolEvents(ConnectionSink, Protocol):
+    """What the pool reports to (the dispatcher), besides what its connections do."""
+
+    def target_unreachable(self) -> None:
+        """No target connection is up and connecting failed: answer all waiting now."""
+        ...
+
+
+class Pool(Protocol):
+    """The target connections, as the dispatcher sees them."""
+
+    @property
+    def unreachable(self) -> bool:
+        """No connection is up and the last attempt to open one failed."""
+        ...
+
+    def available_connection(self) -> TargetConnection | None:
+        """A connection that can take a request now, or None."""
+        ...
+
+    def demand(self) -> None:
+        """Requests are waiting: open another connection if a slot is free, and try
+        again now if the target is down and the last attempt is old enough."""
+        ...
+
+
+PoolFactory = Callable[[PoolEvents], Pool]
+"""Builds the pool a dispatcher serves from, given the dispatcher to report to."""
+
+
+class Connector(Protocol):
+    """Opens target connections: TCP today; TLS and serial lines plug in the same way."""
+
+    @property
+    def target(self) -> str:
+        """What it connects to, for logs (``192.168.1.22:502``)."""
+        ...
+
+    async def connect(
+        self, protocol_factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        """Open one connection (bounded by its own timeout).
+
+        Raises:
+            OSError, TimeoutError: the target cannot be reached now.
+        """
+        ...
+
+
+class TaskSpawner(Protocol):
+    """Starts long-lived tasks under supervision (see supervise.py)."""
+
+    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `run()` until it returns or is cancelled, restarting it after an
+        unexpected exception."""
+        ...
+
+
+class ClientConnection(RequestOwner, Protocol):
+    """A client session, as its bridge sees it."""
+
+    @property
+    def name(self) -> str:
+        """``client #N HOST:PORT``, for logs."""
+        ...
+
+    def close(self) -> None:
+        """Close after the answers already written (shutdown, drain)."""
+        ...
+
+
+class SessionHost(Protocol):
+    """What a client session needs from the bridge that accepted it."""
+
+    @property
+    def codec(self) -> ClientCodec: ...
+
+    @property
+    def dispatch(self) -> Dispatch: ...
+
+    @property
+    def client_backlog(self) -> int:
+        """Requests one client may have outstanding before it is not read from."""
+        ...
+
+    @property
+    def poller(self) -> Poller: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The bridge's logger: its lines name the bridge."""
+        ...
+
+    def client_connected(self, session: ClientConnection, transport: asyncio.BaseTransport) -> bool:
+        """A client connected: set its socket up and say whether it may stay (False:
+        refused, the session closes at once and reads nothing)."""
+        ...
+
+    def client_disconnected(self, session: ClientConnection) -> None:
+        """A client's connection is gone."""
+        ...
+
+
+class PooledConnection(TargetConnection, Protocol):
+    """A target connection as its pool sees it (an asyncio.Protocol as well)."""
+
+    name: str
+    """``target #N HOST:PORT``, for logs; the pool names it once it is connected."""
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once the connection is gone."""
+        ...
+
+    @property
+    def answers(self) -> int:
+        """Answers received on it: a connection that answered had a live target."""
+        ...
+
+    @property
+    def closed_as_expected(self) -> bool:
+        """It ended as planned (after an answer that said so, idle, shutdown)."""
+        ...
+
+    @property
+    def closed_for_idle(self) -> bool:
+        """It was closed for being idle, to be reopened when requests come."""
+        ...
+
+    def mark_ready(self) -> None:
+        """It may carry requests now (after the post-connect delay)."""
+        ...
+
+    def close(self) -> None: ...

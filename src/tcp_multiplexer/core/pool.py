@@ -1,0 +1,255 @@
+"""UpstreamPool: up to N target connections, each kept up by its own slot task.
+
+A slot connects through the connector (TCP, TLS, a serial line: the pool does not
+know), waits the post-connect delay, then offers its connection to the dispatcher;
+when the connection goes, the slot reconnects with exponential backoff. Slot 0
+connects at start; further slots start when requests have to wait, so
+`--max-connections N` opens only what the load needs. Serving happens in callbacks
+(upstream.py), never in these tasks. Slot tasks are started through the task spawner,
+which restarts one that fails unexpectedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, cast
+
+from tcp_multiplexer.core.backoff import MAX_RECONNECT_BACKOFF, Backoff
+from tcp_multiplexer.core.interfaces import (
+    Clock,
+    Connector,
+    PooledConnection,
+    PoolEvents,
+    TaskSpawner,
+)
+from tcp_multiplexer.logs import format_peer
+from tcp_multiplexer.observability.metrics import TargetMetrics
+
+HEALTHY_CONNECTION_S: Final = 10.0
+"""A connection that lived this long (or answered at all) resets the backoff: the
+target was fine, so the next connect is immediate."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """What the pool and its connections run with (from the bridge's config)."""
+
+    max_connections: int
+    timeout: float
+    """Longest wait for an answer on a connection."""
+    reconnect_backoff: float
+    delay: float = 0.0
+    """Pause after each connect before its first request."""
+    max_inflight: int = 1
+    request_gap: float = 0.0
+    max_idle: float = 0.0
+
+
+class _Slot:
+    __slots__ = ("busy_connecting", "index", "task", "wanted")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.wanted = asyncio.Event()
+        self.busy_connecting = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class UpstreamPool:
+    """N slots, the connections they hold, and whether the target is reachable."""
+
+    def __init__(
+        self,
+        events: PoolEvents,
+        connector: Connector,
+        make_connection: Callable[[], PooledConnection],
+        settings: PoolSettings,
+        metrics: TargetMetrics,
+        *,
+        clock: Clock,
+        spawner: TaskSpawner,
+        log: logging.LoggerAdapter[logging.Logger],
+        name: str = "",
+    ) -> None:
+        self._events = events
+        self._connector = connector
+        self._make_connection = make_connection
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._spawner = spawner
+        self._log = log
+        self._name = name
+        """Prefix of the slot task names (the bridge's name)."""
+        self._slots = [_Slot(index) for index in range(settings.max_connections)]
+        self._unwanted_slots = len(self._slots)
+        """Slots not asked to hold a connection (none: demand() has nothing to do)."""
+        self._connections: list[PooledConnection] = []
+        self._next = 0
+        self._last_attempt_failed = False
+        self._closing = False
+        self._serial = 0
+
+    @property
+    def connections(self) -> int:
+        """Target connections currently up and offered to requests."""
+        return len(self._connections)
+
+    @property
+    def closing(self) -> bool:
+        """True once close() has begun: slots stop reconnecting."""
+        return self._closing
+
+    @property
+    def unreachable(self) -> bool:
+        """No connection is up and the last attempt to open one failed."""
+        return self._last_attempt_failed and not self._connections
+
+    @property
+    def target(self) -> str:
+        return self._connector.target
+
+    def start(self) -> None:
+        """Start every slot's task; slot 0 connects at once."""
+        for slot in self._slots:
+            slot.task = self._spawner.spawn(
+                f"{self._name} target slot {slot.index}".strip(),
+                lambda slot=slot: self._run_slot(slot),  # type: ignore[misc]
+            )
+        self._want(self._slots[0])
+
+    def available_connection(self) -> PooledConnection | None:
+        """A connection that can take a request now, round-robin among the ready ones."""
+        connections = self._connections
+        count = len(connections)
+        if count == 1:
+            connection = connections[0]
+            return connection if connection.can_send else None
+        for step in range(count):
+            connection = connections[(self._next + step) % count]
+            if connection.can_send:
+                self._next = (self._next + step + 1) % count
+                return connection
+        return None
+
+    def demand(self) -> None:
+        """Requests are waiting: open one more connection if a slot is free for it."""
+        if self._closing or not self._unwanted_slots:
+            # Called for every queued request: with every slot in use, nothing to do.
+            return
+        for slot in self._slots:
+            if slot.busy_connecting:
+                return
+        for slot in self._slots:
+            if not slot.wanted.is_set():
+                self._want(slot)
+                return
+
+    def _want(self, slot: _Slot) -> None:
+        slot.wanted.set()
+        self._unwanted_slots -= 1
+
+    async def _run_slot(self, slot: _Slot) -> None:
+        settings = self._settings
+        backoff = Backoff(settings.reconnect_backoff, MAX_RECONNECT_BACKOFF)
+        metrics = self._metrics
+        try:
+            while not self._closing:
+                await slot.wanted.wait()
+                slot.busy_connecting = True
+                metrics.connect_attempts += 1
+                connection = self._make_connection()
+                try:
+                    transport, _protocol = await self._connector.connect(
+                        # The connection is the asyncio protocol of its transport.
+                        lambda connection=connection: cast(asyncio.Protocol, connection)  # type: ignore[misc]
+                    )
+                except (OSError, TimeoutError) as exc:
+                    slot.busy_connecting = False
+                    metrics.connect_failures += 1
+                    delay = backoff.next_delay()
+                    self._attempt_failed(exc, delay, first=backoff.attempts == 1)
+                    await asyncio.sleep(delay)
+                    continue
+                # Numbered per connection made, not per attempt.
+                self._serial += 1
+                connection.name = f"target #{self._serial} {self.target}"
+                metrics.connections_made += 1
+                connected_at = self._clock.time()
+                if settings.delay:
+                    await asyncio.sleep(settings.delay)
+                slot.busy_connecting = False
+                if not connection.closed.done():
+                    self._connection_up(connection, transport)
+                    try:
+                        await connection.closed
+                    finally:
+                        self._connection_down(connection)
+                if self.closing:
+                    return
+                if connection.closed_for_idle:
+                    slot.wanted.clear()
+                    self._unwanted_slots += 1
+                    backoff.reset()
+                    continue
+                if connection.closed_as_expected:
+                    # Closed after an answer that said so (HTTP/1.0 targets close after
+                    # every answer): the target is fine, reconnect at once.
+                    backoff.reset()
+                    continue
+                metrics.reconnects += 1
+                if connection.answers or self._clock.time() - connected_at >= HEALTHY_CONNECTION_S:
+                    backoff.reset()
+                    self._log.info("%s closed; reconnecting", connection.name)
+                else:
+                    delay = backoff.next_delay()
+                    self._log.info(
+                        "%s closed soon after connecting; reconnecting in %.2fs",
+                        connection.name,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            slot.busy_connecting = False
+
+    def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
+        self._last_attempt_failed = True
+        reason = str(exc) or type(exc).__name__
+        log = self._log.warning if first else self._log.info
+        log("cannot connect to target %s: %s; retrying in %.2fs", self.target, reason, delay)
+        if not self._connections:
+            self._events.target_unreachable()
+
+    def _connection_up(
+        self, connection: PooledConnection, transport: asyncio.BaseTransport
+    ) -> None:
+        if self._last_attempt_failed and not self._connections:
+            # The failure was a warning; so is the recovery, or a quiet log ends on an error.
+            self._log.warning("target %s is reachable again", self.target)
+        self._last_attempt_failed = False
+        self._connections.append(connection)
+        self._log.info(
+            "new target connection: %s <-> %s",
+            format_peer(transport.get_extra_info("sockname")),
+            connection.name,
+        )
+        connection.mark_ready()
+        if connection.can_send:
+            self._events.connection_available(connection)
+
+    def _connection_down(self, connection: PooledConnection) -> None:
+        self._connections.remove(connection)
+        self._log.info("target connection closed: %s", connection.name)
+
+    async def close(self) -> None:
+        """Stop reconnecting and close every target connection."""
+        self._closing = True
+        for connection in list(self._connections):
+            connection.close()
+        tasks = [slot.task for slot in self._slots if slot.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,251 @@
+"""ClientSession: one client connection, its requests, and its answers in order.
+
+A session frames what its client sends, hands each request to its host's dispatch,
+and writes the answers back in request order. It knows its bridge only as a
+`SessionHost`: the codec, where requests go, the client backlog, the poller and the
+logger, and whom to tell when the client comes and goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Final, cast
+
+from tcp_multiplexer.core.interfaces import Request, RequestState, SessionHost
+from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.logs import format_peer, hex_dump
+
+# Why a client is not being read from; reading resumes when no reason is left. Plain
+# int bits, not an IntFlag: flag arithmetic is on the per-request path.
+PAUSE_QUEUE: Final = 1
+"""The shared wait queue is full."""
+PAUSE_BACKLOG: Final = 2
+"""This client has too many requests outstanding."""
+PAUSE_WRITE: Final = 4
+"""This client does not read its answers fast enough."""
+
+
+class ClientSession(asyncio.Protocol):
+    """Frames a client's requests, submits them, and writes answers in request order."""
+
+    # Slots: one session per client (memory), attributes read on every request (speed).
+    __slots__ = (
+        "_backlog",
+        "_clock",
+        "_closing",
+        "_debug",
+        "_dispatch",
+        "_eof",
+        "_framer",
+        "_host",
+        "_log",
+        "_outstanding",
+        "_paused",
+        "_pending_interim",
+        "_poller",
+        "_transport",
+        "closed",
+        "name",
+        "number",
+        "peer",
+    )
+
+    def __init__(self, host: SessionHost, number: int) -> None:
+        self._host = host
+        self._dispatch = host.dispatch
+        self._backlog = host.client_backlog
+        self._framer = host.codec.request_framer()
+        self._clock = host.clock
+        self._poller = host.poller
+        self._log = host.log
+        self.number = number
+        self.name = f"client #{number}"
+        self.peer: object = None
+        """The client's address as the socket gives it (a (host, port) tuple for TCP)."""
+        self._transport: asyncio.Transport | None = None
+        self._outstanding: deque[Request] = deque()
+        self._paused = 0
+        self._eof = False
+        self._pending_interim: bytes | None = None
+        """An interim reply waiting for the answers to earlier requests."""
+        self._closing = False
+        self.closed = False
+        self._debug = self._log.isEnabledFor(logging.DEBUG)
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.name = f"client #{self.number} {format_peer(self.peer)}"
+        if not self._host.client_connected(self, transport):
+            self._closing = True
+            self._transport.abort()
+            return
+        if self._log.isEnabledFor(logging.INFO):
+            self._log.info(
+                "%s connected (to %s)", self.name, format_peer(transport.get_extra_info("sockname"))
+            )
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._eof:
+            return
+        framer = self._framer
+        try:
+            messages = framer.feed(data)
+        except FramingError as exc:
+            self._log.warning("%s sent a bad request (%s); closing its connection", self.name, exc)
+            self._close(abort=True)
+            return
+        now = self._clock.time()
+        self._poller.touch(now)
+        closing = framer.closing_at
+        if closing >= 0:
+            # A request that ends the connection (HTTP `Connection: close`) is the last
+            # one served: the client is closed once it is answered (RFC 9112 section 9.6).
+            del messages[closing + 1 :]
+            self._eof = True
+        if len(messages) == 1:
+            self._submit(messages[0], now, closing == 0)
+        elif messages:
+            # Pipelined requests: those sent at once leave in one write per target link.
+            dispatch = self._dispatch
+            dispatch.begin_batch()
+            try:
+                for index, payload in enumerate(messages):
+                    # A request may close this client (an answer that ends its connection).
+                    if self.closing:
+                        return
+                    self._submit(payload, now, index == closing)
+            finally:
+                dispatch.end_batch()
+        interim = framer.take_interim_reply()
+        if interim is not None:
+            self._send_interim(interim)
+        if len(self._outstanding) >= self._backlog:
+            self._pause(PAUSE_BACKLOG)
+
+    def _send_interim(self, interim: bytes) -> None:
+        """Write an interim reply (HTTP 100 Continue) once earlier answers are out."""
+        if self._outstanding:
+            self._pending_interim = interim
+        elif self._transport is not None and not self._closing:
+            self._transport.write(interim)
+
+    def _submit(self, payload: bytes, now: float, closes_target: bool) -> None:
+        if self._debug:
+            self._log.debug("%s -> %s", self.name, hex_dump(payload))
+        request = Request(self, payload, now)
+        if closes_target:
+            request.closes_target = True
+        self._outstanding.append(request)
+        self._dispatch.submit(request)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        try:
+            self._framer.feed_eof()
+        except FramingError as exc:
+            self._log.info("%s closed in the middle of a request (%s)", self.name, exc)
+        # Half-close: the client sent everything; answer what is outstanding, then close.
+        return bool(self._outstanding)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._closing = True
+        self._host.client_disconnected(self)
+        self._dispatch.owner_closed(self)
+        self._outstanding.clear()
+        if self._log.isEnabledFor(logging.INFO):
+            if exc is None:
+                self._log.info("%s disconnected", self.name)
+            else:
+                self._log.info("%s disconnected: %s", self.name, exc)
+
+    def pause_writing(self) -> None:
+        self._pause(PAUSE_WRITE)
+
+    def resume_writing(self) -> None:
+        self._resume(PAUSE_WRITE)
+
+    # ------------------------------------------------------------------ from the dispatcher
+
+    def request_done(self, request: Request) -> None:
+        """`request` has its answer: write every answer that is now next in order."""
+        if self._closing:
+            return
+        outstanding = self._outstanding
+        if not outstanding or outstanding[0] is not request:
+            return
+        chunks: list[bytes] = []
+        close_after = False
+        while outstanding and outstanding[0].state == RequestState.DONE:
+            done = outstanding.popleft()
+            if done.close_client:
+                self._log.info("%s: no answer from the target; closing the client", self.name)
+                close_after = True
+                break
+            answer = done.answer
+            if self._debug:
+                self._log.debug("%s <- %s", self.name, hex_dump(answer))
+            chunks.append(answer)
+            if done.ends_connection:
+                close_after = True
+                break
+        transport = self._transport
+        if transport is None:
+            return
+        if not outstanding and self._pending_interim is not None:
+            chunks.append(self._pending_interim)
+            self._pending_interim = None
+        if chunks:
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if close_after or (self._eof and not outstanding):
+            self._close()
+        elif self._paused & PAUSE_BACKLOG and len(outstanding) < self._backlog:
+            self._resume(PAUSE_BACKLOG)
+
+    def pause_for_queue(self) -> None:
+        self._pause(PAUSE_QUEUE)
+
+    def resume_for_queue(self) -> None:
+        self._resume(PAUSE_QUEUE)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def closing(self) -> bool:
+        """True once this client is being closed (its remaining requests are moot)."""
+        return self._closing
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def _close(self, *, abort: bool = False) -> None:
+        """Close this client; written answers are flushed first unless `abort`."""
+        if self._closing:
+            return
+        self._closing = True
+        transport = self._transport
+        if transport is None:
+            return
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
+
+    def close(self) -> None:
+        """Close at shutdown, after the answers already written."""
+        self._close()

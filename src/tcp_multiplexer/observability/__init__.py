@@ -1,0 +1,1 @@
+"""Observability: metrics read from the side of the request path."""

@@ -1,0 +1,293 @@
+"""Options, declared once for the command line and the config file, and their values.
+
+An `Option` names a setting (its key is the long flag without dashes: ``max-connections``,
+also written ``max_connections`` in a file), says how to read its value and what it is
+by default. The command line turns each into an argparse argument; the config file
+reads the same keys; both go through the same parser, so a value means the same
+wherever it is written: durations as ``"500ms"``, ``"1m30s"`` or plain seconds, counts as
+whole numbers, addresses as ``HOST:PORT``.
+
+Value parsers take what the command line gives (a string) or what TOML gives (a
+string, a number, a boolean, a list) and raise `ConfigError` with a message that does
+not name the option: the caller adds the flag or the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from tcp_multiplexer.errors import ConfigError
+
+# ---------------------------------------------------------------------------- durations
+
+_DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS: Final = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_PLAIN_NUMBER: Final = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Go-style duration (``500ms``, ``1m30s``) or plain seconds (``1.5``).
+
+    Raises:
+        ConfigError: empty, negative or otherwise unreadable text.
+    """
+    value = text.strip()
+    if _PLAIN_NUMBER.fullmatch(value):
+        return float(value)
+    position = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if position == 0 or position != len(value):
+        raise ConfigError(
+            f"invalid duration {text!r}: use seconds (1.5) or units like 500ms, 1s, 1m30s"
+        )
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` as a duration that `parse_duration` reads back (``500ms``, ``1m30s``)."""
+    if seconds == 0:
+        return "0"
+    if seconds < 1:
+        for unit, scale in (("us", 1e-6), ("ms", 1e-3)):
+            count = seconds / scale
+            if count < 1000 and abs(count - round(count)) < 1e-6:
+                return f"{round(count)}{unit}"
+        return f"{seconds:g}"
+    whole = round(seconds)
+    if abs(seconds - whole) > 1e-9:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts)
+
+
+def duration_value(value: object) -> float:
+    """A duration: a string `parse_duration` reads, or a number of seconds (>= 0)."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"invalid duration {value!r}: must not be negative")
+        return float(value)
+    raise ConfigError(f"expected a duration such as '5s' or a number of seconds, got {value!r}")
+
+
+def count_value(minimum: int) -> Callable[[object], int]:
+    """A parser for whole numbers of at least `minimum`."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{value!r} is not a whole number")
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text)
+            except ValueError:
+                raise ConfigError(f"{text!r} is not a whole number") from None
+        if not isinstance(value, int):
+            raise ConfigError(f"{value!r} is not a whole number")
+        if value < minimum:
+            raise ConfigError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parse
+
+
+def flag_value(value: object) -> bool:
+    """A yes/no setting: true or false."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"expected true or false, got {value!r}")
+
+
+def text_value(value: object) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(f"expected a non-empty string, got {value!r}")
+
+
+def choice_value(choices: Sequence[str]) -> Callable[[object], str]:
+    """A parser for one of `choices` (any case)."""
+
+    def parse(value: object) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ConfigError(f"{value!r} is not one of {', '.join(choices)}")
+
+    return parse
+
+
+# ---------------------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and TCP port (an empty host listens on every interface)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _parse_port(text: str, whole: str) -> int:
+    if not text.isdigit() or not text.isascii():
+        raise ConfigError(f"invalid port in {whole!r}")
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} in {whole!r} is outside 0..65535")
+    return port
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ConfigError(f"invalid address {text!r}: expected [HOST]:PORT")
+        return host, rest[1:]
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        raise ConfigError(f"invalid address {text!r}: expected HOST:PORT")
+    if ":" in host:
+        raise ConfigError(f"invalid address {text!r}: write IPv6 hosts as [HOST]:PORT")
+    return host, port
+
+
+def parse_target(text: str) -> Address:
+    """A target ``HOST:PORT`` (port 1..65535, host required).
+
+    Raises:
+        ConfigError: the text is not a usable target address.
+    """
+    host, port_text = _split_host_port(text.strip())
+    if not host:
+        raise ConfigError(f"invalid target {text!r}: the host is missing")
+    port = _parse_port(port_text, text)
+    if port == 0:
+        raise ConfigError(f"invalid target {text!r}: port 0")
+    return Address(host, port)
+
+
+def parse_listen(text: str) -> Address:
+    """A listen address: ``PORT``, ``:PORT`` or ``HOST:PORT`` (no host = all interfaces).
+
+    Raises:
+        ConfigError: the text is not a usable listen address.
+    """
+    value = text.strip()
+    if value.isdigit():
+        return Address("", _parse_port(value, text))
+    host, port_text = _split_host_port(value)
+    return Address(host, _parse_port(port_text, text))
+
+
+def _string(value: object, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and what == "listen address":
+        return str(value)
+    raise ConfigError(f"expected a {what} string, got {value!r}")
+
+
+def target_value(value: object) -> Address:
+    return parse_target(_string(value, "HOST:PORT"))
+
+
+def listen_value(value: object) -> Address:
+    """A listen address (a bare number is a port)."""
+    return parse_listen(_string(value, "listen address"))
+
+
+# ---------------------------------------------------------------------------- options
+
+
+class Scope(StrEnum):
+    """Where an option belongs."""
+
+    BRIDGE = "bridge"
+    """Per bridge: `[[bridge]]` tables in the file, the one bridge on the command line."""
+    GLOBAL = "global"
+    """Per process: the file's global tables, and the command line even with a file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its key, how to read its value, its default, its help.
+
+    A `parse` of None makes a flag: on the command line its presence means true, in a
+    file it takes true or false.
+    """
+
+    key: str
+    help: str
+    parse: Callable[[object], Any] | None
+    default: Any
+    flags: tuple[str, ...] = ()
+    """Command-line spellings; default ``--KEY``. The first long one is shown in errors."""
+    metavar: str | None = None
+    repeatable: bool = False
+    """The command line takes it several times (each adds a value)."""
+    group: str = ""
+    """The --help section it is listed in."""
+    scope: Scope = Scope.BRIDGE
+    table: str = ""
+    """For global options: the config file table it sits in (``logging``)."""
+    file_key: str = ""
+    """The key inside `table`, when it differs from `key` (``[metrics] listen``)."""
+
+    @property
+    def field(self) -> str:
+        """The config dataclass field it sets."""
+        return self.key.replace("-", "_")
+
+    @property
+    def command_line(self) -> tuple[str, ...]:
+        return self.flags or (f"--{self.key}",)
+
+    def read(self, value: object) -> Any:
+        """`value` as this option's type.
+
+        Raises:
+            ConfigError: with this option as its key.
+        """
+        try:
+            if self.parse is None:
+                return flag_value(value)
+            if self.repeatable:
+                items = value if isinstance(value, list | tuple) else [value]
+                return tuple(self.parse(item) for item in items)
+            return self.parse(value)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key=self.key) from None
+
+
+def index_options(options: Sequence[Option]) -> dict[str, Option]:
+    """Options by key, with the ``max_connections`` spelling too."""
+    by_key: dict[str, Option] = {}
+    for option in options:
+        by_key[option.key] = option
+        by_key[option.field] = option
+    return by_key

@@ -1,0 +1,38 @@
+"""modbus: Modbus/TCP, with owned transaction ids, coalescing, a read cache and
+read-only refusal (the gateway policy)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from tcp_multiplexer.protocols.modbus.codec import client_codec, target_codec
+from tcp_multiplexer.protocols.modbus.device import ModbusDevice
+from tcp_multiplexer.protocols.modbus.gateway import gateway_policy
+from tcp_multiplexer.protocols.modbus.options import OPTIONS, ModbusOptions, make_options
+from tcp_multiplexer.protocols.spec import ProtocolName, ProtocolSpec
+
+EVENTS: Final = (
+    "cache_hits",
+    "cache_misses",
+    "writes_refused",
+    "device_exceptions",
+    "exceptions_sent_0x01",
+    "exceptions_sent_0x06",
+    "exceptions_sent_0x0a",
+    "exceptions_sent_0x0b",
+)
+"""What the Modbus codecs and policy count, besides the core's own counters."""
+
+SPEC = ProtocolSpec(
+    name=ProtocolName.MODBUS,
+    summary="a Modbus/TCP ADU: 7-byte MBAP header (protocol id 0, length 2..254) and PDU",
+    client_codec=client_codec,
+    target_codec=target_codec,
+    responder=ModbusDevice,
+    options=OPTIONS,
+    make_options=make_options,
+    gateway_policy=gateway_policy,
+    events=EVENTS,
+)
+
+__all__ = ["SPEC", "ModbusOptions"]

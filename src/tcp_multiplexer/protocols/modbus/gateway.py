@@ -1,0 +1,176 @@
+"""Modbus gateway policy: what the multiplexer does with a request before and after
+the device sees it.
+
+- `read_only`: writes (function codes 5, 6, 15, 16, 22, 23) are answered with
+  exception 0x01 (illegal function) and never sent.
+- Coalescing: reads (1, 2, 3, 4) with the same unit, function, address and count
+  share one device round trip while one is waiting or in flight.
+- Cache (`cache_ttl` > 0): read answers are kept for the TTL; a write drops what
+  it overlaps when it is queued and again when it is answered or fails.
+
+Writes are never coalesced, cached or retried. Device exception answers pass through
+unchanged and are never cached. Every message the policy sees is in client form: the
+client's own transaction id, as the target codec restores it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Final
+
+from tcp_multiplexer.core.interfaces import Clock, Request
+from tcp_multiplexer.protocols.modbus.cache import ReadCache, ReadKey
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    MBAP_HEADER_SIZE,
+    ExceptionCode,
+    FunctionCode,
+    exception_response,
+)
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+
+READ_FUNCTIONS: Final = frozenset(
+    {
+        FunctionCode.READ_COILS,
+        FunctionCode.READ_DISCRETE_INPUTS,
+        FunctionCode.READ_HOLDING_REGISTERS,
+        FunctionCode.READ_INPUT_REGISTERS,
+    }
+)
+WRITE_FUNCTIONS: Final = frozenset(
+    {
+        FunctionCode.WRITE_SINGLE_COIL,
+        FunctionCode.WRITE_SINGLE_REGISTER,
+        FunctionCode.WRITE_MULTIPLE_COILS,
+        FunctionCode.WRITE_MULTIPLE_REGISTERS,
+        FunctionCode.MASK_WRITE_REGISTER,
+        FunctionCode.READ_WRITE_MULTIPLE_REGISTERS,
+    }
+)
+_COIL_READS: Final = frozenset({FunctionCode.READ_COILS})
+_REGISTER_READS: Final = frozenset({FunctionCode.READ_HOLDING_REGISTERS})
+_READ_REQUEST_SIZE: Final = MBAP_HEADER_SIZE + 5
+"""A read request ADU: header, function, address (2), quantity (2)."""
+_TWO_WORDS: Final = struct.Struct(">HH")
+
+
+def read_key(request: bytes) -> ReadKey | None:
+    """The key of a well-formed read request (function 1-4), else None."""
+    if len(request) != _READ_REQUEST_SIZE or request[7] not in READ_FUNCTIONS:
+        return None
+    address, count = _TWO_WORDS.unpack_from(request, 8)
+    return ReadKey(request[6], request[7], address, count)
+
+
+def written_range(request: bytes) -> tuple[frozenset[int], int, int] | None:
+    """(reads affected, first address, count) for a write request, else None."""
+    if len(request) < MBAP_HEADER_SIZE + 5:
+        return None
+    function = request[7]
+    address, quantity = _TWO_WORDS.unpack_from(request, 8)
+    if function == FunctionCode.WRITE_SINGLE_COIL:
+        return _COIL_READS, address, 1
+    if function == FunctionCode.WRITE_MULTIPLE_COILS:
+        return _COIL_READS, address, quantity
+    if function in (FunctionCode.WRITE_SINGLE_REGISTER, FunctionCode.MASK_WRITE_REGISTER):
+        return _REGISTER_READS, address, 1
+    if function == FunctionCode.WRITE_MULTIPLE_REGISTERS:
+        return _REGISTER_READS, address, quantity
+    if (
+        function == FunctionCode.READ_WRITE_MULTIPLE_REGISTERS
+        and len(request) >= MBAP_HEADER_SIZE + 9
+    ):
+        write_address, write_quantity = _TWO_WORDS.unpack_from(request, 12)
+        return _REGISTER_READS, write_address, write_quantity
+    return None
+
+
+class ModbusGatewayPolicy:
+    """Read-only refusal, read coalescing keys and the read cache for Modbus.
+
+    Each unit has a write generation, bumped when a write is submitted and again when
+    it is answered or fails. A read's coalescing key includes the generation it was
+    submitted in, so a read never shares an answer with one sent before a write it
+    follows; and its answer is cached only if no write to the unit came in between.
+    """
+
+    __slots__ = ("_cache", "_clock", "_events", "_generation", "_read_only", "coalescing")
+
+    def __init__(self, options: ModbusOptions, events: Counter[str], clock: Clock) -> None:
+        self._read_only = options.read_only
+        self.coalescing = options.coalesce
+        self._cache = ReadCache(options.cache_ttl) if options.cache_ttl > 0 else None
+        self._events = events
+        self._clock = clock
+        self._generation = [0] * 256
+        """Write generation per unit id (a list: read on every request, faster than a dict)."""
+
+    def admit(self, request: Request) -> bytes | None:
+        payload = request.payload
+        function = payload[7]
+        if function in WRITE_FUNCTIONS:
+            if self._read_only:
+                self._events["writes_refused"] += 1
+                self._events["exceptions_sent_0x01"] += 1
+                return exception_response(payload, ExceptionCode.ILLEGAL_FUNCTION)
+            self._written(payload)
+            request.observed = True
+            return None
+        if len(payload) != _READ_REQUEST_SIZE or function not in READ_FUNCTIONS:
+            return None
+        cache = self._cache
+        if cache is not None:
+            key = read_key(payload)
+            if key is not None:
+                cached = cache.get(key, self._clock.time())
+                if cached is not None:
+                    self._events["cache_hits"] += 1
+                    return payload[:2] + cached[2:]
+                self._events["cache_misses"] += 1
+                request.observed = True
+        # Unit, function, address and count, and the unit's write generation.
+        request.coalesce_key = (payload[6:], self._generation[payload[6]])
+        return None
+
+    def share(self, request: bytes, answer: bytes) -> bytes:
+        """`answer` to an identical read, with `request`'s own transaction id."""
+        return request[:2] + answer[2:]
+
+    def observe(self, request: Request, answer: bytes) -> None:
+        payload = request.payload
+        if payload[7] in WRITE_FUNCTIONS:
+            self._written(payload)
+            return
+        cache = self._cache
+        key = request.coalesce_key
+        if cache is None or answer[7] & EXCEPTION_FLAG or not isinstance(key, tuple):
+            return
+        read = read_key(payload)
+        if read is not None and key[1] == self._generation[read.unit]:
+            cache.put(read, answer, self._clock.time())
+
+    def observe_gateway_answer(self, request: bytes, answer: bytes | None) -> None:
+        if answer is not None and answer[7] & EXCEPTION_FLAG:
+            self._events[f"exceptions_sent_0x{answer[8]:02x}"] += 1
+        if request[7] in WRITE_FUNCTIONS:
+            # The write may have reached the device even though its answer did not.
+            self._written(request)
+
+    def _written(self, request: bytes) -> None:
+        """A write to `request`'s unit was submitted, answered or failed."""
+        unit = request[6]
+        self._generation[unit] += 1
+        cache = self._cache
+        if cache is None:
+            return
+        written = written_range(request)
+        if written is not None:
+            functions, address, count = written
+            cache.invalidate(unit, functions, address, count)
+
+
+def gateway_policy(
+    options: ModbusOptions, events: Counter[str], clock: Clock
+) -> ModbusGatewayPolicy:
+    return ModbusGatewayPolicy(options, events, clock)

@@ -1,0 +1,68 @@
+"""What a protocol plugs into the multiplexer: its spec.
+
+Each protocol package exports one `ProtocolSpec`: its name, its options (with their
+command-line flags and config keys), a client codec (frames what clients send, builds
+gateway answers), a target codec (encodes requests for the target, frames and decodes
+its answers, says how they are matched), an optional gateway policy, the names of the
+events it counts, and the example responder `example-server` serves. The registry
+(protocols/__init__.py) is the one list behind `tcp-multiplexer list`, the server and
+`example-server`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from tcp_multiplexer.core.interfaces import ClientCodec, Clock, GatewayPolicy, TargetCodec
+from tcp_multiplexer.options import Option
+from tcp_multiplexer.protocols.responder import Responder
+
+EventCounts = Counter[str]
+"""A protocol's event counters by name; every declared name starts at 0."""
+
+
+class ProtocolName(StrEnum):
+    """The protocols this package brings (`tcp-multiplexer list`)."""
+
+    ECHO = "echo"
+    HTTP = "http"
+    ISO8583 = "iso8583"
+    MODBUS = "modbus"
+    MPU = "mpu"
+
+
+def no_options(values: Mapping[str, Any]) -> None:
+    """The options object of a protocol without options."""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSpec:
+    """Everything the multiplexer needs to carry one protocol (see the module docstring)."""
+
+    name: str
+    summary: str
+    """One line for --help: what a message is."""
+    client_codec: Callable[[Any], ClientCodec]
+    """Given the options object."""
+    target_codec: Callable[[Any, EventCounts], TargetCodec]
+    """Given the options object and the event counters of the target it serves."""
+    responder: Callable[[], Responder]
+    options: tuple[Option, ...] = ()
+    make_options: Callable[[Mapping[str, Any]], Any] = no_options
+    """Builds the (frozen, validated) options object from every option's value by field
+    name; raises ConfigError."""
+    gateway_policy: Callable[[Any, EventCounts, Clock], GatewayPolicy | None] | None = None
+    events: tuple[str, ...] = ()
+
+    def default_options(self) -> Any:
+        """The options object with every option at its default."""
+        return self.make_options({option.field: option.default for option in self.options})
+
+    def new_events(self) -> EventCounts:
+        """Event counters for one target, every declared name at 0."""
+        return Counter(dict.fromkeys(self.events, 0))

@@ -1,0 +1,1 @@
+"""Transports: how target connections are opened and clients accepted."""
