@@ -60,9 +60,9 @@ def mux_config(target_port: int, **overrides: Any) -> AppConfig:
 
 
 @contextlib.asynccontextmanager
-async def running_app(config: AppConfig) -> AsyncIterator[App]:
-    """A started in-process App, stopped on exit (also on failure)."""
-    app = App(config)
+async def running_app(config: AppConfig, **options: Any) -> AsyncIterator[App]:
+    """A started in-process App (`options` go to App), stopped on exit (also on failure)."""
+    app = App(config, **options)
     await app.start()
     try:
         yield app

@@ -1,9 +1,9 @@
 """The process: the event loop's shared services, the bridges, signals and shutdown.
 
 One `App` per process. It owns what every bridge shares: the clock (the event loop),
-the post-I/O poller, the task spawner that starts every long-lived task, the open-file
-limit and the periodic metrics line. Bridges are built and started through it, and
-each can be added or drained on its own while the others serve.
+the post-I/O poller, the supervisor that starts every long-lived task (and restarts one
+that fails), the open-file limit and the periodic metrics line. Bridges are built and
+started through it, and each can be added or drained on its own while the others serve.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import contextlib
 import logging
 import resource
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Final
 
 from tcp_multiplexer.bridge import Bridge
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.core.interfaces import Clock, Connector
 from tcp_multiplexer.core.poller import Poller
+from tcp_multiplexer.supervise import Supervisor
 
 logger = logging.getLogger("tcp_multiplexer.app")
 
@@ -42,22 +43,6 @@ def raise_file_limit() -> tuple[int, int]:
     return soft, soft
 
 
-class TaskRunner:
-    """Starts the long-lived tasks of every bridge and keeps them until stopped."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        async def main() -> None:
-            await run()
-
-        task = asyncio.get_running_loop().create_task(main(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-
 class App:
     """The process: shared services and the bridges (see the module docstring)."""
 
@@ -74,7 +59,7 @@ class App:
         loop = asyncio.get_running_loop()
         self._clock: Clock = loop
         self._poller = Poller(loop, config.busy_poll)
-        self._spawner = TaskRunner()
+        self.supervisor = Supervisor()
         self.bridges: dict[str, Bridge] = {}
         self._metrics_task: asyncio.Task[None] | None = None
 
@@ -89,8 +74,8 @@ class App:
         return self._poller
 
     @property
-    def spawner(self) -> TaskRunner:
-        return self._spawner
+    def spawner(self) -> Supervisor:
+        return self.supervisor
 
     @property
     def names_bridges(self) -> bool:
@@ -114,8 +99,9 @@ class App:
             await self.stop(grace=0.0)
             raise
         if self.config.metrics_interval > 0:
-            self._metrics_task = asyncio.get_running_loop().create_task(
-                self._log_metrics(self.config.metrics_interval), name="metrics line"
+            interval = self.config.metrics_interval
+            self._metrics_task = self.supervisor.spawn(
+                "metrics line", lambda: self._log_metrics(interval)
             )
 
     async def add_bridge(
@@ -147,6 +133,7 @@ class App:
             self._metrics_task = None
         names = list(self.bridges)
         await asyncio.gather(*(self.remove_bridge(name, grace) for name in names))
+        await self.supervisor.stop()
 
     async def _log_metrics(self, interval: float) -> None:
         """Every `interval`, one line per bridge: lifetime counts, and the latency and
