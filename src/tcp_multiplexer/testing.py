@@ -167,10 +167,15 @@ class _VirtualTimer:
 class VirtualClock:
     """The loop's clock and timers, moved by `advance()` only.
 
-    `call_soon` callbacks run at the next `advance()` (or `run_ready()`), before any
-    timer; timers run in the order of their times, each with `time()` set to its own.
-    Futures come from the running asyncio loop, so async tests can await them.
+    The loop is modelled in rounds: each round runs the `call_soon` callbacks queued
+    before it; while callbacks are queued, the next round comes ROUND later (a loop
+    that keeps polling), otherwise time jumps to the next timer. Timers run in the order
+    of their times, each with `time()` at its own. Futures come from the running asyncio
+    loop, so async tests can await them.
     """
+
+    ROUND = 0.00001
+    """Virtual time one busy loop round takes."""
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
@@ -197,20 +202,28 @@ class VirtualClock:
         return asyncio.get_running_loop().create_future()
 
     def run_ready(self) -> None:
-        """Run the call_soon callbacks queued so far (and those they queue)."""
-        while self._ready:
+        """One loop round: the call_soon callbacks queued so far (not those they queue)."""
+        for _ in range(len(self._ready)):
             self._ready.popleft()()
 
     def advance(self, seconds: float = 0.0) -> None:
-        """Move the clock `seconds` on, running what falls due on the way, in order."""
+        """Move the clock `seconds` on, running rounds and timers on the way, in order."""
         end = self._now + seconds
-        self.run_ready()
-        while self._timers and self._timers[0][0] <= end:
-            when, _order, timer = heapq.heappop(self._timers)
-            self._now = max(self._now, when)
-            timer.run()
+        while True:
             self.run_ready()
-        self._now = end
+            if self._ready:
+                upto = self._now + self.ROUND
+            elif self._timers:
+                upto = self._timers[0][0]
+            else:
+                break
+            if upto > end:
+                break
+            self._now = max(self._now, upto)
+            while self._timers and self._timers[0][0] <= self._now:
+                _when, _order, timer = heapq.heappop(self._timers)
+                timer.run()
+        self._now = max(self._now, end)
 
     @property
     def pending_timers(self) -> int:

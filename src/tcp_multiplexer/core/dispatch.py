@@ -301,7 +301,7 @@ class Dispatcher:
     def finish(self, request: Request, answer: bytes, now: float, ends_connection: bool) -> None:
         """The target answered `request` (`answer` in client form) at loop time `now`:
         deliver the answer to it and to its followers. `ends_connection`: the answer
-        ends the connection (HTTP `Connection: close`)."""
+        ends the client's connection (the codec's framer said so)."""
         metrics = self._metrics
         metrics.last_answer_at = now
         policy = self._policy

@@ -196,7 +196,7 @@ class UpstreamPool:
                     backoff.reset()
                     continue
                 if connection.closed_as_expected:
-                    # Closed after an answer that said so (HTTP/1.0 targets close after
+                    # Closed after an answer that said so (some targets close after
                     # every answer): the target is fine, reconnect at once.
                     backoff.reset()
                     continue

@@ -104,8 +104,8 @@ class ClientSession(asyncio.Protocol):
         self._poller.touch(now)
         closing = framer.closing_at
         if closing >= 0:
-            # A request that ends the connection (HTTP `Connection: close`) is the last
-            # one served: the client is closed once it is answered (RFC 9112 section 9.6).
+            # A request that ends the connection (the framer says so) is the last one
+            # served: the client is closed once it is answered.
             del messages[closing + 1 :]
             self._eof = True
         if len(messages) == 1:
@@ -129,7 +129,7 @@ class ClientSession(asyncio.Protocol):
             self._pause(PAUSE_BACKLOG)
 
     def _send_interim(self, interim: bytes) -> None:
-        """Write an interim reply (HTTP 100 Continue) once earlier answers are out."""
+        """Write an interim reply (the framer's) once earlier answers are out."""
         if self._outstanding:
             self._pending_interim = interim
         elif self._transport is not None and not self._closing:

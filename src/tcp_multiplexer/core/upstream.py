@@ -1,7 +1,7 @@
 """One target connection: sends requests, matches answers, enforces answer timeouts.
 
 Answers are matched first-in first-out, or by an id from the target codec's id space
-that the multiplexer puts on every request (a Modbus transaction id) and the codec
+that the multiplexer puts on every request and the codec
 takes off the answer again. A FIFO connection that times out is retired: a late
 answer on it would otherwise answer the next request. A connection with ids stays: a
 late answer carries an id nobody waits for, and is dropped and counted.
@@ -267,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._draining and not self._inflight:
-            # Closed after the answer that said it would be (HTTP/1.0, Connection: close).
+            # Closed after the answer that said it would be (the framer said so).
             self.closed_as_expected = True
         self._ready = False
         if self._timer is not None:

@@ -1,0 +1,153 @@
+"""Fakes for driving the core's modules alone: owners, connections, pools, hosts.
+
+Each fake implements one interface of core/interfaces.py and records what was done
+to it; the clock is `tcp_multiplexer.testing.VirtualClock`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcp_multiplexer.core.interfaces import (
+    ClientCodec,
+    ClientConnection,
+    Dispatch,
+    FailureReason,
+    PoolEvents,
+    Request,
+    RequestOwner,
+    TargetConnection,
+)
+from tcp_multiplexer.core.poller import Poller
+from tcp_multiplexer.logs import BridgeLog
+from tcp_multiplexer.testing import VirtualClock
+
+LOG = BridgeLog(logging.getLogger("tests.core"), "unit", prefix=False)
+
+
+class FakeOwner:
+    """A client as the dispatcher sees it: notes its answers and its pauses."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+        self.answers: list[Request] = []
+        self.paused = False
+        self.pauses = 0
+
+    def request_done(self, request: Request) -> None:
+        self.answers.append(request)
+
+    def pause_for_queue(self) -> None:
+        self.paused = True
+        self.pauses += 1
+
+    def resume_for_queue(self) -> None:
+        self.paused = False
+
+    def __repr__(self) -> str:
+        return f"FakeOwner({self.name})"
+
+
+class FakeConnection:
+    """A target connection that takes one request at a time when free."""
+
+    pipelined = False
+
+    def __init__(self) -> None:
+        self.free = True
+        self.sent: list[Request] = []
+
+    @property
+    def can_send(self) -> bool:
+        return self.free
+
+    def send(self, request: Request) -> None:
+        assert self.free, "sent to a busy connection"
+        self.free = False
+        self.sent.append(request)
+
+    def cork(self) -> None: ...
+
+    def uncork(self) -> None: ...
+
+
+class FakePool:
+    """The dispatcher's pool: one fake connection, or none (down)."""
+
+    def __init__(self, events: PoolEvents) -> None:
+        self.events = events
+        self.connection = FakeConnection()
+        self.unreachable = False
+        self.demands = 0
+
+    def available_connection(self) -> TargetConnection | None:
+        return self.connection if self.connection.can_send else None
+
+    def demand(self) -> None:
+        self.demands += 1
+
+    def free(self) -> None:
+        """The connection's answer came: it can take the next request."""
+        self.connection.free = True
+        self.events.connection_available(self.connection)
+
+
+@dataclass
+class FakeSink:
+    """What a target connection reports to, recorded."""
+
+    finished: list[tuple[Request, bytes, bool]] = field(default_factory=list)
+    failed: list[tuple[Request, FailureReason]] = field(default_factory=list)
+    available: int = 0
+
+    def finish(self, request: Request, answer: bytes, now: float, ends_connection: bool) -> None:
+        self.finished.append((request, answer, ends_connection))
+
+    def fail(self, request: Request, reason: FailureReason) -> None:
+        self.failed.append((request, reason))
+
+    def connection_available(self, connection: TargetConnection) -> None:
+        self.available += 1
+
+
+class RecordingDispatch:
+    """A session's dispatch that answers nothing by itself: the test does."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Request] = []
+        self.closed_owners: list[RequestOwner] = []
+
+    def submit(self, request: Request) -> None:
+        self.submitted.append(request)
+
+    def begin_batch(self) -> None: ...
+
+    def end_batch(self) -> None: ...
+
+    def owner_closed(self, owner: RequestOwner) -> None:
+        self.closed_owners.append(owner)
+
+
+class FakeHost:
+    """A session's bridge."""
+
+    def __init__(self, codec: ClientCodec, clock: VirtualClock, *, backlog: int = 16) -> None:
+        self.codec = codec
+        self.clock = clock
+        self.client_backlog = backlog
+        self.dispatch: Dispatch = RecordingDispatch()
+        self.poller = Poller(clock, 0.0)
+        self.log = LOG
+        self.connected: list[ClientConnection] = []
+        self.refuse = False
+
+    def client_connected(self, session: ClientConnection, transport: Any) -> bool:
+        self.connected.append(session)
+        return not self.refuse
+
+    def client_disconnected(self, session: ClientConnection) -> None:
+        if session in self.connected:
+            self.connected.remove(session)

@@ -1,0 +1,187 @@
+"""The dispatcher alone: fairness, the queue bound and timeout, coalescing, answers.
+
+No socket, no event loop timers: fake owners and a fake pool, and a virtual clock that
+moves only when a test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tcp_multiplexer.core.dispatch import Dispatcher
+from tcp_multiplexer.core.interfaces import FailureReason, PoolEvents, Request, RequestState
+from tcp_multiplexer.observability.metrics import TargetMetrics
+from tcp_multiplexer.protocols.echo import codec as echo_codec
+from tcp_multiplexer.protocols.modbus import SPEC as MODBUS
+from tcp_multiplexer.protocols.modbus.codec import ModbusClientCodec
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.testing import VirtualClock
+from tests.core.fakes import LOG, FakeOwner, FakePool
+from tests.modbus.adu import read_request, registers_answer
+
+TIMEOUT = 5.0
+
+
+class Rig:
+    """A dispatcher over a fake pool, on a virtual clock."""
+
+    def __init__(self, *, queue_size: int = 32, modbus: ModbusOptions | None = None) -> None:
+        self.clock = VirtualClock()
+        events = MODBUS.new_events()
+        self.metrics = TargetMetrics(events)
+        self.pools: list[FakePool] = []
+
+        def make_pool(sink: PoolEvents) -> FakePool:
+            pool = FakePool(sink)
+            self.pools.append(pool)
+            return pool
+
+        if modbus is None:
+            codec = echo_codec()
+            policy = None
+        else:
+            codec = ModbusClientCodec()
+            policy = MODBUS.gateway_policy(modbus, events, self.clock)  # type: ignore[misc]
+        self.dispatcher = Dispatcher(
+            codec,
+            self.metrics,
+            make_pool,
+            clock=self.clock,
+            log=LOG,
+            timeout=TIMEOUT,
+            queue_size=queue_size,
+            policy=policy,
+        )
+        (self.pool,) = self.pools
+
+    def submit(self, owner: FakeOwner, payload: bytes) -> Request:
+        request = Request(owner, payload, self.clock.time())
+        self.dispatcher.submit(request)
+        return request
+
+    def answer_sent(self, answer: bytes | None = None) -> Request:
+        """The target answers the request in flight (with its payload, or `answer`)."""
+        request = self.pool.connection.sent[-1]
+        self.pool.free()
+        self.dispatcher.finish(
+            request, request.payload if answer is None else answer, self.clock.time(), False
+        )
+        return request
+
+
+def lines(owner: str, count: int) -> Iterator[bytes]:
+    return (b"%s %d\n" % (owner.encode(), index) for index in range(count))
+
+
+async def test_waiting_requests_are_served_round_robin_between_clients() -> None:
+    rig = Rig()
+    busy, greedy, polite, late = (FakeOwner(name) for name in ("busy", "greedy", "p", "l"))
+    rig.submit(busy, b"first\n")
+    for payload in lines("greedy", 3):
+        rig.submit(greedy, payload)
+    rig.submit(polite, b"p 0\n")
+    rig.submit(late, b"l 0\n")
+    assert rig.dispatcher.waiting == 5
+    for _ in range(6):
+        rig.answer_sent()
+    sent = [request.payload for request in rig.pool.connection.sent]
+    assert sent == [b"first\n", b"greedy 0\n", b"p 0\n", b"l 0\n", b"greedy 1\n", b"greedy 2\n"]
+    assert [request.payload for request in greedy.answers] == list(lines("greedy", 3))
+    assert rig.dispatcher.unanswered == 0
+
+
+async def test_a_request_that_waits_too_long_gets_the_busy_answer_and_is_never_sent() -> None:
+    rig = Rig(modbus=ModbusOptions(coalesce=False))
+    first, second = FakeOwner("first"), FakeOwner("second")
+    rig.submit(first, read_request(1, 1, 0, 1))
+    waiting = rig.submit(second, read_request(0x0707, 1, 10, 1))
+    rig.clock.advance(TIMEOUT - 0.001)
+    assert not second.answers
+    rig.clock.advance(0.002)
+    (answered,) = second.answers
+    assert answered is waiting
+    assert answered.answer == bytes.fromhex("0707 0000 0003 01 83 06"), "0x06: busy"
+    assert rig.metrics.gateway["busy"] == 1
+    rig.answer_sent(registers_answer(1, 1, [7]))
+    assert len(rig.pool.connection.sent) == 1, "the expired request was never sent"
+
+
+async def test_identical_reads_share_one_round_trip_and_each_gets_its_own_id() -> None:
+    rig = Rig(modbus=ModbusOptions())
+    owners = [FakeOwner(f"c{index}") for index in range(3)]
+    for tid, owner in enumerate(owners, start=0x10):
+        rig.submit(owner, read_request(tid, 1, 100, 2))
+    assert len(rig.pool.connection.sent) == 1
+    assert rig.metrics.coalesced == 2
+    rig.answer_sent(registers_answer(0x10, 1, [5, 6]))
+    for tid, owner in enumerate(owners, start=0x10):
+        (request,) = owner.answers
+        assert request.answer == registers_answer(tid, 1, [5, 6])
+    assert rig.metrics.answers == 3
+
+
+async def test_a_full_queue_pauses_a_client_that_adds_a_second_request_until_room_frees() -> None:
+    rig = Rig(queue_size=2)
+    rig.submit(FakeOwner("busy"), b"first\n")
+    pipeliner, other = FakeOwner("pipeliner"), FakeOwner("other")
+    rig.submit(other, b"other\n")
+    rig.submit(pipeliner, b"one\n")
+    assert not pipeliner.paused, "each client may always queue one"
+    rig.submit(pipeliner, b"two\n")
+    assert pipeliner.paused
+    assert not other.paused
+    rig.answer_sent()
+    assert pipeliner.paused, "two still wait: the queue is still full"
+    rig.answer_sent()
+    assert not pipeliner.paused, "resumed once the queue has room"
+    assert pipeliner.pauses == 1
+
+
+async def test_requests_of_a_client_that_left_are_dropped_unsent() -> None:
+    rig = Rig()
+    rig.submit(FakeOwner("busy"), b"first\n")
+    leaver = FakeOwner("leaver")
+    rig.submit(leaver, b"a\n")
+    rig.submit(leaver, b"b\n")
+    leaver.closed = True
+    rig.dispatcher.owner_closed(leaver)
+    assert rig.dispatcher.waiting == 0
+    rig.answer_sent()
+    assert len(rig.pool.connection.sent) == 1
+    assert rig.dispatcher.unanswered == 0
+
+
+async def test_an_unreachable_target_answers_at_once() -> None:
+    rig = Rig(modbus=ModbusOptions())
+    rig.pool.connection.free = False
+    rig.pool.unreachable = True
+    owner = FakeOwner("owner")
+    rig.submit(owner, read_request(3, 1, 0, 1))
+    (request,) = owner.answers
+    assert request.answer == bytes.fromhex("0003 0000 0003 01 83 0a")
+    assert request.state == RequestState.DONE
+
+
+@pytest.mark.parametrize("reason", list(FailureReason))
+async def test_a_failure_answers_followers_too(reason: FailureReason) -> None:
+    rig = Rig(modbus=ModbusOptions())
+    owners = [FakeOwner(f"c{index}") for index in range(2)]
+    for tid, owner in enumerate(owners, start=1):
+        rig.submit(owner, read_request(tid, 1, 0, 1))
+    leader = rig.pool.connection.sent[0]
+    rig.dispatcher.fail(leader, reason)
+    assert [len(owner.answers) for owner in owners] == [1, 1]
+    assert rig.metrics.gateway[reason.name.lower()] == 2
+
+
+async def test_wait_drained_returns_once_every_request_is_answered() -> None:
+    rig = Rig()
+    rig.submit(FakeOwner("a"), b"a\n")
+    drained = asyncio.ensure_future(rig.dispatcher.wait_drained())
+    await asyncio.sleep(0)
+    assert not drained.done()
+    rig.answer_sent()
+    await asyncio.wait_for(drained, 1.0)
