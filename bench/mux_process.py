@@ -98,6 +98,16 @@ class MultiplexerProcess:
                     rss_kb = int(line.split()[1])
         return Sample(time.monotonic(), rss_kb, fds)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time it has used so far (Linux /proc)."""
+        if self.process is None:
+            raise RuntimeError("not started")
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+            # The command name (field 2) is in parentheses and may hold spaces.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
     async def stop(self) -> int | None:
         """SIGTERM, wait (kill if it hangs); the exit status, or None if it had to be killed."""
         process = self.process
