@@ -81,6 +81,7 @@ class FakePool:
         self.events = events
         self.connection = FakeConnection()
         self.unreachable = False
+        self.can_open_more = True
         self.demands = 0
 
     def available_connection(self) -> TargetConnection | None:

@@ -148,22 +148,7 @@ class Dispatcher:
         if pool.unreachable:
             self.fail(request, FailureReason.UNAVAILABLE)
             return
-        self._enqueue(request)
-        pool.demand()
-
-    def begin_batch(self) -> None:
-        """Several requests follow: hold their writes per connection until end_batch()."""
-        self._batch = []
-
-    def end_batch(self) -> None:
-        """Write what begin_batch() held, one write per target connection."""
-        batch = self._batch
-        self._batch = None
-        if batch:
-            for connection in batch:
-                connection.uncork()
-
-    def _enqueue(self, request: Request) -> None:
+        # Queue it (inlined: this runs for most requests under load).
         owner = request.owner
         request.state = RequestState.WAITING
         request.deadline = request.submitted_at + self._timeout
@@ -183,6 +168,20 @@ class Dispatcher:
         if self._waiting >= self._queue_size and len(queue) > 1 and owner not in self._paused:
             self._paused.add(owner)
             owner.pause_for_queue()
+        if pool.can_open_more:
+            pool.demand()
+
+    def begin_batch(self) -> None:
+        """Several requests follow: hold their writes per connection until end_batch()."""
+        self._batch = []
+
+    def end_batch(self) -> None:
+        """Write what begin_batch() held, one write per target connection."""
+        batch = self._batch
+        self._batch = None
+        if batch:
+            for connection in batch:
+                connection.uncork()
 
     def _next_waiting(self) -> Request | None:
         ring = self._ring
@@ -195,7 +194,7 @@ class Dispatcher:
             elif owner.closed:
                 del self._queues[owner]
             self._waiting -= 1
-            if request.abandoned:
+            if request.owner.closed and not request.followers:  # abandoned
                 self._drop(request)
                 continue
             return request
@@ -212,7 +211,8 @@ class Dispatcher:
                 request = self._next_waiting()
                 if request is not None:
                     connection.send(request)
-        self._resume_paused()
+            if self._paused:
+                self._resume_paused()
 
     def _send_waiting_batch(self, connection: TargetConnection) -> None:
         """Send waiting requests while `connection` takes them, in one write."""
@@ -307,16 +307,26 @@ class Dispatcher:
         policy = self._policy
         if request.observed and policy is not None:
             policy.observe(request, answer)
-        if request.coalesce_key is not None:
-            self._release_leader(request)
-        # The latency histogram's observe(), inlined: this runs for every answer.
+        key = request.coalesce_key
+        if key is not None and self._leaders.get(key) is request:
+            del self._leaders[key]
+        # The latency histogram's observe() and _deliver(), inlined: this runs for
+        # every answer.
         latency = metrics.latency
         counts = latency.counts
         elapsed = now - request.submitted_at
         counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
         latency.total += elapsed
         metrics.answers += 1
-        self._deliver(request, answer, ends_connection)
+        request.state = RequestState.DONE
+        request.answer = answer
+        if ends_connection:
+            request.ends_connection = True
+        self.unanswered -= 1
+        if not self.unanswered and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        request.owner.request_done(request)
         followers = request.followers
         if followers and policy is not None:
             share = policy.share

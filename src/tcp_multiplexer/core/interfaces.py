@@ -79,6 +79,12 @@ class Framer(Protocol):
         body); -1 if none does."""
         ...
 
+    @property
+    def offers_interim_replies(self) -> bool:
+        """True if `take_interim_reply` can ever give something (the caller skips it
+        otherwise)."""
+        ...
+
     def take_interim_reply(self) -> bytes | None:
         """Bytes the multiplexer should send to this peer now, before any complete message.
 
@@ -400,6 +406,11 @@ class Pool(Protocol):
 
     def available_connection(self) -> TargetConnection | None:
         """A connection that can take a request now, or None."""
+        ...
+
+    @property
+    def can_open_more(self) -> bool:
+        """True if `demand()` could open another connection (a slot is unused)."""
         ...
 
     def demand(self) -> None:

@@ -87,9 +87,14 @@ class UpstreamPool:
         self._slots = [_Slot(index) for index in range(settings.max_connections)]
         self._unwanted_slots = len(self._slots)
         """Slots not asked to hold a connection (none: demand() has nothing to do)."""
+        self.can_open_more = True
+        """A slot is unused and the pool is open (plain attribute: read per request)."""
         self._connections: list[PooledConnection] = []
         self._next = 0
         self._last_attempt_failed = False
+        self.unreachable = False
+        """No connection is up and the last attempt to open one failed (a plain
+        attribute, kept by the slots: it is read for every request that waits)."""
         self._closing = False
         self._serial = 0
 
@@ -102,11 +107,6 @@ class UpstreamPool:
     def closing(self) -> bool:
         """True once close() has begun: slots stop reconnecting."""
         return self._closing
-
-    @property
-    def unreachable(self) -> bool:
-        """No connection is up and the last attempt to open one failed."""
-        return self._last_attempt_failed and not self._connections
 
     @property
     def target(self) -> str:
@@ -151,6 +151,7 @@ class UpstreamPool:
     def _want(self, slot: _Slot) -> None:
         slot.wanted.set()
         self._unwanted_slots -= 1
+        self.can_open_more = self._unwanted_slots > 0 and not self._closing
 
     async def _run_slot(self, slot: _Slot) -> None:
         settings = self._settings
@@ -193,6 +194,7 @@ class UpstreamPool:
                 if connection.closed_for_idle:
                     slot.wanted.clear()
                     self._unwanted_slots += 1
+                    self.can_open_more = True
                     backoff.reset()
                     continue
                 if connection.closed_as_expected:
@@ -217,6 +219,8 @@ class UpstreamPool:
 
     def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
         self._last_attempt_failed = True
+        if not self._connections:
+            self.unreachable = True
         reason = str(exc) or type(exc).__name__
         log = self._log.warning if first else self._log.info
         log("cannot connect to target %s: %s; retrying in %.2fs", self.target, reason, delay)
@@ -230,6 +234,7 @@ class UpstreamPool:
             # The failure was a warning; so is the recovery, or a quiet log ends on an error.
             self._log.warning("target %s is reachable again", self.target)
         self._last_attempt_failed = False
+        self.unreachable = False
         self._connections.append(connection)
         self._log.info(
             "new target connection: %s <-> %s",
@@ -242,11 +247,14 @@ class UpstreamPool:
 
     def _connection_down(self, connection: PooledConnection) -> None:
         self._connections.remove(connection)
+        if self._last_attempt_failed and not self._connections:
+            self.unreachable = True
         self._log.info("target connection closed: %s", connection.name)
 
     async def close(self) -> None:
         """Stop reconnecting and close every target connection."""
         self._closing = True
+        self.can_open_more = False
         for connection in list(self._connections):
             connection.close()
         tasks = [slot.task for slot in self._slots if slot.task is not None]

@@ -40,6 +40,7 @@ class ClientSession(asyncio.Protocol):
         "_eof",
         "_framer",
         "_host",
+        "_interim",
         "_log",
         "_outstanding",
         "_paused",
@@ -57,6 +58,7 @@ class ClientSession(asyncio.Protocol):
         self._dispatch = host.dispatch
         self._backlog = host.client_backlog
         self._framer = host.codec.request_framer()
+        self._interim = self._framer.offers_interim_replies
         self._clock = host.clock
         self._poller = host.poller
         self._log = host.log
@@ -109,7 +111,15 @@ class ClientSession(asyncio.Protocol):
             del messages[closing + 1 :]
             self._eof = True
         if len(messages) == 1:
-            self._submit(messages[0], now, closing == 0)
+            # _submit(), inlined for the usual single request.
+            payload = messages[0]
+            if self._debug:
+                self._log.debug("%s -> %s", self.name, hex_dump(payload))
+            request = Request(self, payload, now)
+            if closing == 0:
+                request.closes_target = True
+            self._outstanding.append(request)
+            self._dispatch.submit(request)
         elif messages:
             # Pipelined requests: those sent at once leave in one write per target link.
             dispatch = self._dispatch
@@ -122,9 +132,10 @@ class ClientSession(asyncio.Protocol):
                     self._submit(payload, now, index == closing)
             finally:
                 dispatch.end_batch()
-        interim = framer.take_interim_reply()
-        if interim is not None:
-            self._send_interim(interim)
+        if self._interim:
+            interim = framer.take_interim_reply()
+            if interim is not None:
+                self._send_interim(interim)
         if len(self._outstanding) >= self._backlog:
             self._pause(PAUSE_BACKLOG)
 

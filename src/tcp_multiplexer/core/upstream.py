@@ -174,9 +174,16 @@ class UpstreamConnection(asyncio.Protocol):
             raise RuntimeError(f"{self.name}: send() before connection_made()")
         payload = request.payload
         if self._by_id:
-            request_id = self._allocate_id()
+            # The next id nobody waits for (_allocate_id, inlined: once per request).
+            ids = self._ids
+            request_id = self._next_id + 1
+            if request_id == self._id_space:
+                request_id = 0
+            if request_id in ids:
+                request_id = self._allocate_id()
+            self._next_id = request_id
             request.wire_id = request_id
-            self._ids[request_id] = request
+            ids[request_id] = request
             wire = self._codec.encode(payload, request_id)
         else:
             self._fifo.append(request)
@@ -289,6 +296,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._poller.touch(now)
         codec = self._codec
         transparent = self._transparent
+        by_id = self._by_id
         closing = self._framer.closing_at
         if closing >= 0:
             # The target closes after that answer; anything after it answers nothing.
@@ -298,11 +306,14 @@ class UpstreamConnection(asyncio.Protocol):
         for message in messages:
             if self._debug:
                 self._log.debug("%s -> %s", self.name, hex_dump(message))
-            request = self._match(message)
+            # Matching by id, inlined: once per answer.
+            request = self._ids.pop(codec.answer_id(message), None) if by_id else None
             if request is None:
-                if self._transport is None or self._transport.is_closing():
-                    break
-                continue
+                request = self._match(message)
+                if request is None:
+                    if self._transport is None or self._transport.is_closing():
+                        break
+                    continue
             self._inflight -= 1
             answered.append(
                 (request, message if transparent else codec.decode(request.payload, message))
@@ -321,23 +332,28 @@ class UpstreamConnection(asyncio.Protocol):
             if not self._inflight and self._max_idle:
                 # Re-arm for the idle limit even if an answer deadline timer is set.
                 self._schedule_timer()
-            if self.can_send:
+            # can_send, inlined for a connection without a request gap.
+            if self.can_send if self._gap else self._inflight < self._capacity:
                 sink.connection_available(self)
+        if len(answered) == 1:
+            request, answer = answered[0]
+            sink.finish(request, answer, now, closing >= 0)
+            return
         last = len(answered) - 1 if closing >= 0 else -1
         for index, (request, answer) in enumerate(answered):
             sink.finish(request, answer, now, index == last)
 
     def _match(self, message: bytes) -> Request | None:
+        """The request `message` answers: the oldest (FIFO); with ids the caller found
+        none waiting for its id, and the answer is dropped."""
         if self._by_id:
-            request = self._ids.pop(self._codec.answer_id(message), None)
-            if request is None:
-                self._metrics.ids_dropped += 1
-                self._log.info(
-                    "%s: dropped an answer with id %d that no request is waiting for",
-                    self.name,
-                    self._codec.answer_id(message),
-                )
-            return request
+            self._metrics.ids_dropped += 1
+            self._log.info(
+                "%s: dropped an answer with id %d that no request is waiting for",
+                self.name,
+                self._codec.answer_id(message),
+            )
+            return None
         if self._fifo:
             return self._fifo.popleft()
         self._log.warning("%s: target sent an answer nobody asked for; reconnecting", self.name)

@@ -20,25 +20,27 @@ class MessageBuffer:
     of the remaining bytes only when needed and O(1) amortised otherwise.
     """
 
-    __slots__ = ("_error", "buf")
+    __slots__ = ("buf", "error")
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        self._error: FramingError | None = None
+        self.error: FramingError | None = None
+        """The error the framer raised, if it did: it raises it again on every call.
+        Framers test it inline (``if buffer.error is not None``) on their fast path."""
 
     def check(self) -> None:
         """Raise the earlier error again if this framer is poisoned."""
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
 
     @property
     def poisoned(self) -> bool:
         """True once an error has been raised."""
-        return self._error is not None
+        return self.error is not None
 
     def poison(self, error: FramingError) -> FramingError:
         """Remember `error` so later calls raise it too; return it for `raise`."""
-        self._error = error
+        self.error = error
         return error
 
     def eof_without_message(self, protocol: str) -> list[bytes]:

@@ -53,6 +53,7 @@ class LengthPrefixFramer:
 
     closing_at: Final = -1
     """No message ends the connection."""
+    offers_interim_replies: Final = False
 
     def __init__(
         self,
@@ -73,7 +74,8 @@ class LengthPrefixFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        buffer.check()
+        if buffer.error is not None:
+            raise buffer.error
         buf = buffer.buf
         buf += data
         messages: list[bytes] = []

@@ -34,6 +34,7 @@ class LineFramer:
 
     closing_at: Final = -1
     """No message ends the connection."""
+    offers_interim_replies: Final = False
 
     def __init__(self, max_message_size: int = LINE_MAX_MESSAGE_SIZE) -> None:
         if max_message_size < 1:
@@ -48,7 +49,8 @@ class LineFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        buffer.check()
+        if buffer.error is not None:
+            raise buffer.error
         buf = buffer.buf
         # Fast path: nothing held and `data` is exactly one line (the usual request). An
         # empty `data` must not take it: find() gives -1 == len - 1, a phantom empty line.

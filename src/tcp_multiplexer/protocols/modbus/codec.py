@@ -82,6 +82,9 @@ class ModbusTargetCodec:
         """`answer` with the client's transaction id (and unit id) put back."""
         if answer[7] & EXCEPTION_FLAG:
             self._events["device_exceptions"] += 1
+        if answer[6] == request[6]:
+            # The device kept the unit id (the usual case): one slice fewer to join.
+            return request[:2] + answer[2:]
         return request[:2] + answer[2:6] + request[6:7] + answer[7:]
 
     def answer_id(self, answer: bytes) -> int:

@@ -30,23 +30,26 @@ from tcp_multiplexer.protocols.modbus.mbap import (
 )
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 
+# Plain ints, not FunctionCode members: a set lookup then compares ints with ints.
 READ_FUNCTIONS: Final = frozenset(
-    {
+    int(code)
+    for code in (
         FunctionCode.READ_COILS,
         FunctionCode.READ_DISCRETE_INPUTS,
         FunctionCode.READ_HOLDING_REGISTERS,
         FunctionCode.READ_INPUT_REGISTERS,
-    }
+    )
 )
 WRITE_FUNCTIONS: Final = frozenset(
-    {
+    int(code)
+    for code in (
         FunctionCode.WRITE_SINGLE_COIL,
         FunctionCode.WRITE_SINGLE_REGISTER,
         FunctionCode.WRITE_MULTIPLE_COILS,
         FunctionCode.WRITE_MULTIPLE_REGISTERS,
         FunctionCode.MASK_WRITE_REGISTER,
         FunctionCode.READ_WRITE_MULTIPLE_REGISTERS,
-    }
+    )
 )
 _COIL_READS: Final = frozenset({FunctionCode.READ_COILS})
 _REGISTER_READS: Final = frozenset({FunctionCode.READ_HOLDING_REGISTERS})
@@ -129,8 +132,11 @@ class ModbusGatewayPolicy:
                     return payload[:2] + cached[2:]
                 self._events["cache_misses"] += 1
                 request.observed = True
-        # Unit, function, address and count, and the unit's write generation.
-        request.coalesce_key = (payload[6:], self._generation[payload[6]])
+        # Unit, function, address and count, and the unit's write generation: reads only
+        # share an answer with reads submitted since the same write. Before any write to
+        # the unit the bytes alone do (a bytes key caches its hash; a tuple does not).
+        generation = self._generation[payload[6]]
+        request.coalesce_key = (payload[6:], generation) if generation else payload[6:]
         return None
 
     def share(self, request: bytes, answer: bytes) -> bytes:
@@ -144,10 +150,11 @@ class ModbusGatewayPolicy:
             return
         cache = self._cache
         key = request.coalesce_key
-        if cache is None or answer[7] & EXCEPTION_FLAG or not isinstance(key, tuple):
+        if cache is None or answer[7] & EXCEPTION_FLAG or key is None:
             return
         read = read_key(payload)
-        if read is not None and key[1] == self._generation[read.unit]:
+        generation = key[1] if isinstance(key, tuple) else 0
+        if read is not None and generation == self._generation[read.unit]:
             cache.put(read, answer, self._clock.time())
 
     def observe_gateway_answer(self, request: bytes, answer: bytes | None) -> None:

@@ -75,6 +75,7 @@ class MbapFramer:
 
     closing_at: Final = -1
     """No message ends the connection."""
+    offers_interim_replies: Final = False
 
     def __init__(self) -> None:
         self._buffer = MessageBuffer()
@@ -85,7 +86,8 @@ class MbapFramer:
 
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
-        buffer.check()
+        if buffer.error is not None:
+            raise buffer.error
         buf = buffer.buf
         # Fast path: nothing held and `data` is exactly one valid ADU (the usual case).
         if not buf and len(data) >= MBAP_HEADER_SIZE:
