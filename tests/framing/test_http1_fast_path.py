@@ -241,3 +241,79 @@ def test_the_usual_blocks_take_the_fast_path() -> None:
     assert http1._PLAIN_REQUEST_HEAD.fullmatch(
         b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive\r\n\r\n"
     )
+
+
+def read_in_one_and_in_pieces(
+    make: type[HttpRequestFramer] | type[HttpResponseFramer], wire: bytes, request: bytes
+) -> tuple[object, object]:
+    """`wire` fed in one piece (where the whole-message fast path may take it) and in
+    two (where it cannot): each the messages, which one ends the connection, the state
+    left and what is still expected, or the error."""
+
+    def read(pieces: list[bytes]) -> object:
+        framer = make()
+        if isinstance(framer, HttpResponseFramer):
+            framer.expect_response(request)
+            framer.expect_response(request)
+        messages: list[bytes] = []
+        closing = -1
+        try:
+            for piece in pieces:
+                got = framer.feed(piece)
+                if framer.closing_at >= 0 and closing < 0:
+                    closing = len(messages) + framer.closing_at
+                messages += got
+        except FramingError as error:
+            return type(error), str(error)
+        pending = len(framer._head_requests) if isinstance(framer, HttpResponseFramer) else 0
+        # Between messages the body offset means nothing.
+        target = None if framer._state == http1._HEAD else framer._target
+        return messages, closing, framer._state, target, framer.buffered, pending
+
+    return read([wire]), read([wire[:1], wire[1:]])
+
+
+@EXAMPLES
+@given(
+    block=header_blocks(usually(b"GET / HTTP/1.1", REQUEST_LINES)),
+    body=st.sampled_from([b"", b"x", b"body", b"12345", b"1234567"]),
+)
+@example(block=b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", body=b"12345")
+@example(block=b"GET / HTTP/1.0\r\n\r\n", body=b"")
+def test_a_whole_request_reads_as_it_does_in_pieces(block: bytes, body: bytes) -> None:
+    whole, pieces = read_in_one_and_in_pieces(HttpRequestFramer, block + body, b"")
+    assert whole == pieces
+
+
+@EXAMPLES
+@given(
+    block=header_blocks(usually(b"HTTP/1.1 200 OK", STATUS_LINES)),
+    body=st.sampled_from([b"", b"x", b"body", b"12345", b"1234567"]),
+    request=st.sampled_from([b"GET / HTTP/1.1\r\n\r\n", b"HEAD / HTTP/1.1\r\n\r\n"]),
+)
+@example(block=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", body=b"12345", request=b"GET / ")
+@example(block=b"HTTP/1.0 204 No Content\r\n\r\n", body=b"", request=b"GET / ")
+@example(block=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", body=b"", request=b"HEAD / ")
+@example(block=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", body=b"12345", request=b"HEAD / ")
+@example(block=b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", body=b"x", request=b"GET / ")
+def test_a_whole_response_reads_as_it_does_in_pieces(
+    block: bytes, body: bytes, request: bytes
+) -> None:
+    whole, pieces = read_in_one_and_in_pieces(HttpResponseFramer, block + body, request)
+    assert whole == pieces
+
+
+def test_the_usual_whole_messages_take_the_whole_message_path() -> None:
+    """Checked by switching the incremental parser off: these must not need it."""
+    request = b"GET /c1/n2 HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+    saved = http1._HttpFramer.feed
+    http1._HttpFramer.feed = None  # type: ignore[assignment]
+    try:
+        assert HttpRequestFramer().feed(request) == [request]
+        responses = HttpResponseFramer()
+        responses.expect_response(request)
+        assert responses.feed(response) == [response]
+        assert responses.closing_at == -1
+    finally:
+        http1._HttpFramer.feed = saved  # type: ignore[method-assign]

@@ -411,6 +411,33 @@ class HttpRequestFramer(_HttpFramer):
 
     __slots__ = ("_continue_due",)
 
+    offers_interim_replies: Final = True
+    """``100 Continue``, for a request that expects it."""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """As `_HttpFramer.feed`; `data` that is exactly one usual request is handed back
+        as it is, without the incremental parser (the usual case: one read, one request).
+        """
+        if not self._buffer.buf and not self._scan and self._buffer.error is None:
+            plain = self._plain_head.match(data)
+            if plain is not None:
+                length = plain[3]
+                head_end = plain.end()
+                if length is None:
+                    whole = head_end == len(data)
+                else:
+                    whole = (
+                        head_end + int(length) == len(data)
+                        and len(data) - head_end <= self._max_body
+                    )
+                if whole and head_end <= self._max_header:
+                    self._continue_due = False
+                    # HTTP/1.0 ends the connection unless a Connection field says keep-alive.
+                    closes = plain[1] == b"0" and plain[2] is None and plain[4] is None
+                    self.closing_at = 0 if closes else -1
+                    return [data]
+        return _HttpFramer.feed(self, data)
+
     def __init__(
         self,
         *,
@@ -488,6 +515,34 @@ class HttpResponseFramer(_HttpFramer):
     """
 
     __slots__ = ("_head_requests",)
+
+    offers_interim_replies: Final = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """As `_HttpFramer.feed`; `data` that is exactly one usual final response to the
+        oldest request is handed back as it is, without the incremental parser."""
+        heads = self._head_requests
+        if heads and not self._buffer.buf and not self._scan and self._buffer.error is None:
+            plain = self._plain_head.match(data)
+            if plain is not None and plain[2][0] != 0x31:  # not an interim (1xx) response
+                head_end = plain.end()
+                status = plain[2]
+                if heads[0] or status == b"204" or status == b"304":
+                    whole = head_end == len(data)
+                else:
+                    length = plain[4]
+                    whole = (
+                        length is not None
+                        and head_end + int(length) == len(data)
+                        and len(data) - head_end <= self._max_body
+                    )
+                if whole and head_end <= self._max_header:
+                    heads.popleft()
+                    # HTTP/1.0 ends the connection unless a Connection field says keep-alive.
+                    closes = plain[1] == b"0" and plain[3] is None and plain[5] is None
+                    self.closing_at = 0 if closes else -1
+                    return [data]
+        return _HttpFramer.feed(self, data)
 
     def __init__(
         self,
