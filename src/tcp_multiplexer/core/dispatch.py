@@ -33,6 +33,7 @@ from tcp_multiplexer.core.interfaces import (
     RequestState,
     TargetConnection,
     TimerHandle,
+    after_io,
 )
 from tcp_multiplexer.observability.metrics import LATENCY_BUCKETS_S, TargetMetrics
 
@@ -160,7 +161,7 @@ class Dispatcher:
         queue.append(request)
         self._waiting += 1
         if self._queue_timer is None:
-            self._queue_timer = self._clock.call_at(request.deadline, self._expire_waiting)
+            self._queue_timer = self._clock.call_at(request.deadline, self._queue_deadline)
         # A full queue stops reading from clients that add a second waiting request:
         # each client may always queue one, so a crowd of clients that each wait for
         # one answer is never paused (pausing them would only cost system calls), and
@@ -234,6 +235,12 @@ class Dispatcher:
             for owner in paused:
                 owner.resume_for_queue()
 
+    def _queue_deadline(self) -> None:
+        """The oldest waiting request's deadline: expire what is due once the loop has
+        read what arrived meanwhile (the answer that frees a connection may be waiting).
+        The fired timer stays in `_queue_timer` until then, so none is armed twice."""
+        after_io(self._clock, self._expire_waiting)
+
     def _expire_waiting(self) -> None:
         """Answer every request that waited past its deadline with the busy answer."""
         self._queue_timer = None
@@ -250,7 +257,7 @@ class Dispatcher:
                 next_deadline = queue[0].deadline
         self._waiting -= len(expired)
         if next_deadline is not None:
-            self._queue_timer = self._clock.call_at(next_deadline, self._expire_waiting)
+            self._queue_timer = self._clock.call_at(next_deadline, self._queue_deadline)
         for request in expired:
             if request.abandoned:
                 self._drop(request)

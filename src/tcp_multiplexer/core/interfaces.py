@@ -321,6 +321,18 @@ class Clock(Protocol):
     def create_future(self) -> asyncio.Future[None]: ...
 
 
+def after_io(clock: Clock, callback: Callable[[], object]) -> None:
+    """Run `callback` once the loop has polled for I/O again.
+
+    Deadline timers go through this: after a stall of the loop (thousands of clients
+    accepted at once, a slow host), a timer can fire while the answer that would have
+    met its deadline already waits in a socket. Two ready rounds put the callback
+    after the next poll on asyncio's loop and on uvloop's (which runs callbacks queued
+    by a timer before it polls).
+    """
+    clock.call_soon(lambda: clock.call_soon(callback))
+
+
 class Poller(Protocol):
     """Told of every burst of I/O (see core.poller)."""
 

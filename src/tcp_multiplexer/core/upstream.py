@@ -27,6 +27,7 @@ from tcp_multiplexer.core.interfaces import (
     RequestState,
     TargetCodec,
     TimerHandle,
+    after_io,
 )
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.logs import hex_dump
@@ -215,7 +216,7 @@ class UpstreamConnection(asyncio.Protocol):
             # may be later than this answer's deadline, though.
             if timer is not None:
                 timer.cancel()
-            self._timer = self._clock.call_at(request.deadline, self._on_timer)
+            self._timer = self._clock.call_at(request.deadline, self._timer_fired)
 
     def cork(self) -> None:
         """Hold writes until uncork(): several requests then leave in one write."""
@@ -375,16 +376,23 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._max_idle and self._ready:
             when = self._last_activity + self._max_idle
         if when is not None:
-            self._timer = self._clock.call_at(when, self._on_timer)
+            self._timer = self._clock.call_at(when, self._timer_fired)
 
     def _oldest(self) -> Request | None:
         if self._by_id:
             return next(iter(self._ids.values()), None)
         return self._fifo[0] if self._fifo else None
 
+    def _timer_fired(self) -> None:
+        """Check deadlines once the loop has read what arrived meanwhile: an answer may
+        be waiting in the socket. The fired timer stays in `_timer` until then."""
+        after_io(self._clock, self._on_timer)
+
     def _on_timer(self) -> None:
         """Deadlines are checked lazily: one timer per connection, not one per request."""
         self._timer = None
+        if self.closed.done():
+            return
         now = self._clock.time()
         oldest = self._oldest()
         if oldest is not None and oldest.deadline <= now:
