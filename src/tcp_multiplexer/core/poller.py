@@ -35,8 +35,9 @@ MAX_QUIET: Final = 1.0
 class Poller:
     """Keeps the event loop polling after `touch()` calls while that pays (see above).
 
-    With uvloop, `time()` is the loop's time for the whole round, so touches read in the
-    same round share one value: that is how a poll tells a caught event from a burst.
+    A poll runs one `_spin` per loop round and counts them, so a touch knows whether it
+    came in a later round than the one that started the poll. (Not by the clock: uvloop's
+    has millisecond steps, and a whole poll may pass within one.)
     """
 
     __slots__ = (
@@ -46,6 +47,7 @@ class Poller:
         "_last",
         "_quiet",
         "_quiet_until",
+        "_round",
         "_started",
         "_until",
         "_window",
@@ -59,7 +61,10 @@ class Poller:
         self._active = False
         self._caught = False
         """An event came in a later loop round than the one that started this poll."""
-        self._started = 0.0
+        self._round = 0
+        """Loop rounds polled so far (one `_spin` each)."""
+        self._started = 0
+        """The round the current poll started in."""
         self._quiet = window
         """How long polling stays off after the next poll that saves nothing."""
         self._quiet_until = float("-inf")
@@ -84,17 +89,18 @@ class Poller:
         last = self._last
         self._last = now
         if self._active:
-            if now != self._started:
+            if self._round != self._started:
                 self._caught = True
             self._until = now + self._window
         elif now - last < self._window and now >= self._quiet_until:
             self._active = True
             self._caught = False
-            self._started = now
+            self._started = self._round
             self._until = now + self._window
             self._clock.call_soon(self._spin)
 
     def _spin(self) -> None:
+        self._round += 1
         now = self._clock.time()
         if now < self._until:
             self._clock.call_soon(self._spin)
