@@ -102,7 +102,7 @@ async def open_client(
 class CliProcess:
     """`python -m tcp_multiplexer ...` in a subprocess; a thread collects its stderr."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = args
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "tcp_multiplexer", *args],
@@ -110,7 +110,7 @@ class CliProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.lines: list[str] = []
         self._stopped = False
@@ -128,11 +128,14 @@ class CliProcess:
             self.lines.append("")  # end of stream marker
             self._new_line.notify_all()
 
-    def wait_for_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
-        """Wait for a stderr line matching `pattern`; fail if the process ends first."""
+    def wait_for_line(
+        self, pattern: str, timeout: float = 10.0, *, after: int = 0
+    ) -> re.Match[str]:
+        """Wait for a stderr line matching `pattern` (among lines from index `after`);
+        fail if the process ends first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = after
         with self._new_line:
             while True:
                 for line in self.lines[seen:]:
@@ -180,9 +183,9 @@ class CliProcess:
 
 
 @contextlib.contextmanager
-def cli_process(args: list[str]) -> Iterator[CliProcess]:
+def cli_process(args: list[str], env: dict[str, str] | None = None) -> Iterator[CliProcess]:
     """A CLI subprocess that is stopped on exit, also when the test fails."""
-    process = CliProcess(args)
+    process = CliProcess(args, env)
     try:
         yield process
     finally:

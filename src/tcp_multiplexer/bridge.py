@@ -221,7 +221,7 @@ class Bridge:
             self._servers.clear()
             raise
         self.pool.start()
-        self.log.warning(
+        self.log.notice(
             "listening on %s (%s), target %s, up to %d target connection(s)",
             ", ".join(self.sockets),
             self.config.protocol,
@@ -238,13 +238,31 @@ class Bridge:
         for server in self._servers:
             server.close()
 
+    async def wait_stopped_accepting(self) -> None:
+        """Return once the listening sockets closed by `stop_accepting` are released."""
+        # Both loops close a listening socket at once; uvloop finishes it a round later.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    async def resume_accepting(self) -> None:
+        """Listen again on every address, after `stop_accepting` (a reload that could
+        not put a new bridge in this one's place).
+
+        Raises:
+            OSError: an address cannot be listened on any more.
+        """
+        self._servers.clear()
+        for address in self.config.listen:
+            self._servers.append(await open_listener(self._new_session, address))
+        self.log.notice("listening again on %s", ", ".join(self.sockets))
+
     async def drain(self, grace: float) -> None:
         """Stop accepting, let requests in flight finish within `grace`, close all."""
         self._draining = True
         self.stop_accepting()
         dispatcher = self.dispatcher
         if dispatcher.unanswered:
-            self.log.warning(
+            self.log.notice(
                 "shutting down: waiting up to %.3gs for %d request(s) in flight",
                 grace,
                 dispatcher.unanswered,
@@ -265,4 +283,4 @@ class Bridge:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await server.wait_closed()
-        self.log.warning("stopped after %s", self.metrics.snapshot().log_line())
+        self.log.notice("stopped after %s", self.metrics.snapshot().log_line())

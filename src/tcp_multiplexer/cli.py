@@ -20,9 +20,12 @@ from typing import Any, NoReturn
 
 from tcp_multiplexer import __version__
 from tcp_multiplexer.config.build import build_app
+from tcp_multiplexer.config.file import ConfigFileError, load_config
 from tcp_multiplexer.config.model import AppConfig
+from tcp_multiplexer.config.render import render_config
 from tcp_multiplexer.config.schema import BRIDGE_OPTIONS, GLOBAL_OPTIONS, protocol_options
 from tcp_multiplexer.errors import ConfigError
+from tcp_multiplexer.logs import setup_logging
 from tcp_multiplexer.options import Option, Scope
 from tcp_multiplexer.protocols.registry import protocol_names
 
@@ -98,23 +101,71 @@ def _checked(option: Option) -> Callable[[str], str]:
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="run the bridges of this TOML file (see packaging/example.toml); bridge "
+        "options then belong in the file, global ones (-v, -d, --log-format, ...) may be "
+        "given here too; SIGHUP rereads it",
+    )
     options: list[Option] = [*BRIDGE_OPTIONS, *GLOBAL_OPTIONS]
     for extra in protocol_options().values():
         options.extend(extra)
     add_options(parser, options)
 
 
+_NOT_OPTIONS = frozenset(("command", "handler", "config"))
+_GLOBAL_FIELDS = frozenset(
+    option.field for option in GLOBAL_OPTIONS if option.scope is Scope.GLOBAL
+)
+_FLAGS = {
+    option.field: next(flag for flag in option.command_line if flag.startswith("--"))
+    for options in (BRIDGE_OPTIONS, *protocol_options().values())
+    for option in options
+}
+
+
 def config_from_args(args: argparse.Namespace) -> AppConfig:
-    """The AppConfig for parsed `server` arguments.
+    """The AppConfig for parsed `server` arguments (with --config: from the file).
 
     Raises:
-        ConfigError: a value or a combination of values is invalid.
+        ConfigError: a value or a combination of values is invalid, or with --config a
+            bridge option is given on the command line.
     """
-    given = {key: value for key, value in vars(args).items() if key not in ("command", "handler")}
-    global_keys = {option.field for option in GLOBAL_OPTIONS if option.scope is Scope.GLOBAL}
-    global_values = {key: value for key, value in given.items() if key in global_keys}
-    bridge_values = {key: value for key, value in given.items() if key not in global_keys}
-    return build_app(global_values, [bridge_values])
+    given = {key: value for key, value in vars(args).items() if key not in _NOT_OPTIONS}
+    global_values = {key: value for key, value in given.items() if key in _GLOBAL_FIELDS}
+    bridge_values = {key: value for key, value in given.items() if key not in _GLOBAL_FIELDS}
+    path: str | None = getattr(args, "config", None)
+    if path is None:
+        return build_app(global_values, [bridge_values])
+    if bridge_values:
+        first = next(iter(bridge_values))
+        raise ConfigError(
+            f"{_FLAGS.get(first, first)} is a bridge option: with --config, set it in {path}"
+        )
+    return load_config(path, global_values)
+
+
+def reload_source(args: argparse.Namespace) -> Callable[[], AppConfig] | None:
+    """What SIGHUP rereads: the config file, with the command line's global options."""
+    path: str | None = getattr(args, "config", None)
+    if path is None:
+        return None
+    given = {key: value for key, value in vars(args).items() if key in _GLOBAL_FIELDS}
+    return lambda: load_config(path, given)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """`check-config FILE`: validate it and print the effective settings; 0 or 2."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"tcp-multiplexer check-config: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"# {args.file}: valid, {len(config.bridges)} bridge(s), every setting shown")
+    print(render_config(config), end="")
+    return 0
 
 
 def build_parser() -> OneLineErrorParser:
@@ -138,22 +189,21 @@ def build_parser() -> OneLineErrorParser:
         "target connection, and return every answer to the client that asked.",
     )
     _add_server_options(server)
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file and print every bridge's effective settings",
+        description="Validate a config file as the server would read it, and print it "
+        "back with every setting, defaults filled in (the output is a valid config file "
+        "itself). Exit status 0 if it is valid, 2 with one line on stderr if not.",
+    )
+    check.add_argument("file", metavar="FILE", help="the TOML config file")
+    check.set_defaults(handler=check_config)
     commands.add_parser("list", help="list the supported protocols, one per line")
     commands.add_parser("version", help="print the version")
     targets_cli.add_parser(commands)
     commands.choices["example-server"].set_defaults(handler=targets_cli.run)
     demo.add_parser(commands)
     return parser
-
-
-def setup_logging(level: str) -> None:
-    """Warnings by default, connections at info (-v), hex dumps at debug (-d)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -167,11 +217,11 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
         return result
 
 
-async def serve(config: AppConfig) -> int:
+async def serve(config: AppConfig, source: Callable[[], AppConfig] | None = None) -> int:
     """Run the multiplexer until a stop signal; 0 on a clean stop."""
     from tcp_multiplexer.app import App
 
-    return await App(config).run()
+    return await App(config, reload_source=source).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,9 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "server":
         try:
             config = config_from_args(args)
+        except ConfigFileError as exc:
+            parser.exit(EXIT_USAGE, f"tcp-multiplexer server: error: {exc}\n")
         except ConfigError as exc:
             parser.exit(EXIT_USAGE, f"tcp-multiplexer server: error: {exc.as_flag()}\n")
-        setup_logging(config.log_level)
-        return run_async(serve(config))
+        setup_logging(config.log_level, config.log_format)
+        return run_async(serve(config, reload_source(args)))
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -87,6 +87,7 @@ def build_app(
     return AppConfig(
         bridges=tuple(built),
         log_level=level,
+        log_format=read["log_format"],
         metrics_interval=read["metrics_interval"],
         busy_poll=read["busy_poll"],
         source=source,

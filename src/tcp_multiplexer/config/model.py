@@ -31,8 +31,10 @@ DEFAULT_CLIENT_BACKLOG: Final = 16
 DEFAULT_METRICS_INTERVAL: Final = 60.0
 DEFAULT_BUSY_POLL: Final = 0.0002
 """200 µs of polling after I/O: a few loopback round trips, far below a device's answer."""
-DEFAULT_LOG_LEVEL: Final = "warning"
-LOG_LEVELS: Final = ("warning", "info", "debug")
+DEFAULT_LOG_LEVEL: Final = "notice"
+LOG_LEVELS: Final = ("warning", "notice", "info", "debug")
+DEFAULT_LOG_FORMAT: Final = "plain"
+LOG_FORMATS: Final = ("plain", "json")
 MAX_INFLIGHT_LIMIT: Final = 1024
 """Upper bound for --max-inflight; Modbus ids are 16 bits, and no device pipelines more."""
 
@@ -115,7 +117,10 @@ class AppConfig:
 
     bridges: tuple[BridgeConfig, ...] = field(default_factory=lambda: (BridgeConfig(),))
     log_level: str = DEFAULT_LOG_LEVEL
-    """warning, info (-v: connections, the metrics line) or debug (-d: hex dumps too)."""
+    """warning, notice (the daemon's life, the default), info (-v: connections, the
+    metrics line) or debug (-d: hex dumps too)."""
+    log_format: str = DEFAULT_LOG_FORMAT
+    """plain lines, or one JSON object a line."""
     metrics_interval: float = DEFAULT_METRICS_INTERVAL
     """How often the metrics line is logged at info level (0 = never)."""
     busy_poll: float = DEFAULT_BUSY_POLL
@@ -141,6 +146,8 @@ class AppConfig:
         seen: dict[Address, str] = {}
         for bridge in self.bridges:
             for address in bridge.listen:
+                if address.port == 0:
+                    continue  # any free port: never the same one twice
                 other = seen.get(address)
                 if other is not None:
                     raise ConfigError(

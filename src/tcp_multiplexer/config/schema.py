@@ -199,7 +199,8 @@ GLOBAL_OPTIONS: Final = (
     ),
     Option(
         "log-level",
-        "warning, info (as -v) or debug (as -d) (default: warning)",
+        "warning, notice (starting, listening, a target back, stopping), info (as -v) or "
+        "debug (as -d) (default: notice)",
         choice_value(model.LOG_LEVELS),
         model.DEFAULT_LOG_LEVEL,
         metavar="LEVEL",
@@ -207,6 +208,18 @@ GLOBAL_OPTIONS: Final = (
         scope=Scope.GLOBAL,
         table="logging",
         file_key="level",
+    ),
+    Option(
+        "log-format",
+        "plain lines, or json: one JSON object a line with time, level, logger, bridge, "
+        "message and the event's fields (default: plain)",
+        choice_value(model.LOG_FORMATS),
+        model.DEFAULT_LOG_FORMAT,
+        metavar="FORMAT",
+        group=LOG_GROUP,
+        scope=Scope.GLOBAL,
+        table="logging",
+        file_key="format",
     ),
     Option(
         "metrics-interval",

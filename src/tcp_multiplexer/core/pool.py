@@ -25,7 +25,7 @@ from tcp_multiplexer.core.interfaces import (
     PoolEvents,
     TaskSpawner,
 )
-from tcp_multiplexer.logs import format_peer
+from tcp_multiplexer.logs import NOTICE, format_peer
 from tcp_multiplexer.observability.metrics import TargetMetrics
 
 HEALTHY_CONNECTION_S: Final = 10.0
@@ -222,8 +222,14 @@ class UpstreamPool:
         if not self._connections:
             self.unreachable = True
         reason = str(exc) or type(exc).__name__
-        log = self._log.warning if first else self._log.info
-        log("cannot connect to target %s: %s; retrying in %.2fs", self.target, reason, delay)
+        self._log.log(
+            logging.WARNING if first else logging.INFO,
+            "cannot connect to target %s: %s; retrying in %.2fs",
+            self.target,
+            reason,
+            delay,
+            extra={"target": self.target, "reason": reason},
+        )
         if not self._connections:
             self._events.target_unreachable()
 
@@ -231,8 +237,10 @@ class UpstreamPool:
         self, connection: PooledConnection, transport: asyncio.BaseTransport
     ) -> None:
         if self._last_attempt_failed and not self._connections:
-            # The failure was a warning; so is the recovery, or a quiet log ends on an error.
-            self._log.warning("target %s is reachable again", self.target)
+            # Shown by default, as the failure was: a quiet log must not end on an error.
+            self._log.log(
+                NOTICE, "target %s is reachable again", self.target, extra={"target": self.target}
+            )
         self._last_attempt_failed = False
         self.unreachable = False
         self._connections.append(connection)

@@ -89,7 +89,10 @@ class ClientSession(asyncio.Protocol):
             return
         if self._log.isEnabledFor(logging.INFO):
             self._log.info(
-                "%s connected (to %s)", self.name, format_peer(transport.get_extra_info("sockname"))
+                "%s connected (to %s)",
+                self.name,
+                format_peer(transport.get_extra_info("sockname")),
+                extra={"client": format_peer(self.peer)},
             )
 
     def data_received(self, data: bytes) -> None:
@@ -99,7 +102,12 @@ class ClientSession(asyncio.Protocol):
         try:
             messages = framer.feed(data)
         except FramingError as exc:
-            self._log.warning("%s sent a bad request (%s); closing its connection", self.name, exc)
+            self._log.warning(
+                "%s sent a bad request (%s); closing its connection",
+                self.name,
+                exc,
+                extra={"client": format_peer(self.peer), "reason": str(exc)},
+            )
             self._close(abort=True)
             return
         now = self._clock.time()
@@ -171,10 +179,11 @@ class ClientSession(asyncio.Protocol):
         self._dispatch.owner_closed(self)
         self._outstanding.clear()
         if self._log.isEnabledFor(logging.INFO):
+            client = {"client": format_peer(self.peer)}
             if exc is None:
-                self._log.info("%s disconnected", self.name)
+                self._log.info("%s disconnected", self.name, extra=client)
             else:
-                self._log.info("%s disconnected: %s", self.name, exc)
+                self._log.info("%s disconnected: %s", self.name, exc, extra=client)
 
     def pause_writing(self) -> None:
         self._pause(PAUSE_WRITE)

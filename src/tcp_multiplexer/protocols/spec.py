@@ -58,6 +58,9 @@ class ProtocolSpec:
     name; raises ConfigError."""
     gateway_policy: Callable[[Any, EventCounts, Clock], GatewayPolicy | None] | None = None
     events: tuple[str, ...] = ()
+    option_values: Callable[[Any], Mapping[str, Any]] = lambda options: {}
+    """The options object's settings by option key, as `make_options` takes them
+    (check-config prints them)."""
 
     def default_options(self) -> Any:
         """The options object with every option at its default."""

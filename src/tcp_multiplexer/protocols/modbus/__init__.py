@@ -8,7 +8,12 @@ from typing import Final
 from tcp_multiplexer.protocols.modbus.codec import client_codec, target_codec
 from tcp_multiplexer.protocols.modbus.device import ModbusDevice
 from tcp_multiplexer.protocols.modbus.gateway import gateway_policy
-from tcp_multiplexer.protocols.modbus.options import OPTIONS, ModbusOptions, make_options
+from tcp_multiplexer.protocols.modbus.options import (
+    OPTIONS,
+    ModbusOptions,
+    make_options,
+    option_values,
+)
 from tcp_multiplexer.protocols.spec import ProtocolName, ProtocolSpec
 
 EVENTS: Final = (
@@ -31,6 +36,7 @@ SPEC = ProtocolSpec(
     responder=ModbusDevice,
     options=OPTIONS,
     make_options=make_options,
+    option_values=option_values,
     gateway_policy=gateway_policy,
     events=EVENTS,
 )

@@ -73,3 +73,13 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         cache_ttl=values["cache_ttl"],
         read_only=values["read_only"],
     )
+
+
+def option_values(options: ModbusOptions) -> dict[str, Any]:
+    """`options` by option key (the inverse of `make_options`)."""
+    return {
+        "lenient-ids": options.lenient_ids,
+        "no-coalesce": not options.coalesce,
+        "cache-ttl": options.cache_ttl,
+        "read-only": options.read_only,
+    }

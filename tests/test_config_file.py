@@ -1,0 +1,195 @@
+"""Config files: several bridges from TOML, one validation with the command line, and
+one clear line for every mistake; check-config prints what the server would run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcp_multiplexer.config.file import ConfigFileError, load_config, parse_config
+from tcp_multiplexer.config.model import BridgeConfig
+from tcp_multiplexer.config.render import render_config
+from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+
+SITE = """
+[logging]
+level = "info"
+format = "json"
+
+[poller]
+busy-poll = "1ms"
+
+[[bridge]]
+name = "inverter"
+protocol = "modbus"
+listen = ["127.0.0.1:5020", "[::1]:5020"]
+target = "192.0.2.22:502"
+timeout = "5s"
+max_connections = 2
+cache-ttl = 1.5
+
+[[bridge]]
+name = "meter"
+protocol = "echo"
+listen = 5021
+target = "192.0.2.23:502"
+reconnect-backoff = "250ms"
+"""
+
+
+def test_a_file_with_several_bridges() -> None:
+    config = parse_config(SITE, "site.toml")
+    assert (config.log_level, config.log_format, config.busy_poll) == ("info", "json", 0.001)
+    inverter, meter = config.bridges
+    assert inverter.name == "inverter"
+    assert inverter.listen == (Address("127.0.0.1", 5020), Address("::1", 5020))
+    assert inverter.target == Address("192.0.2.22", 502)
+    assert (inverter.timeout, inverter.max_connections) == (5.0, 2)
+    assert inverter.protocol_options == ModbusOptions(cache_ttl=1.5)
+    assert meter.listen == (Address("", 5021),)
+    assert meter.reconnect_backoff == 0.25
+    assert meter.timeout == BridgeConfig().timeout, "defaults as on the command line"
+    assert config.source == "site.toml"
+
+
+def test_command_line_globals_win_over_the_file() -> None:
+    config = parse_config(SITE, "site.toml", {"debug": True, "log_format": "plain"})
+    assert (config.log_level, config.log_format) == ("debug", "plain")
+
+
+BRIDGE = '[[bridge]]\nname = "battery"\nlisten = "5020"\ntarget = "192.0.2.9:502"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[[bridge]\n", "site.toml: not valid TOML: ", id="not-toml"),
+        pytest.param(
+            BRIDGE + 'timeout = "x"\n',
+            "site.toml: bridge \"battery\": timeout: invalid duration 'x'",
+            id="bad-duration",
+        ),
+        pytest.param(
+            BRIDGE + "timeout = true\n",
+            'site.toml: bridge "battery": timeout: expected a duration',
+            id="wrong-type",
+        ),
+        pytest.param(
+            BRIDGE.replace('"5020"', '"70000"'),
+            'site.toml: bridge "battery": listen: port 70000',
+            id="port-range",
+        ),
+        pytest.param(
+            BRIDGE + "max-connections = 0\n",
+            'site.toml: bridge "battery": max-connections: 0 is below the minimum of 1',
+            id="count-range",
+        ),
+        pytest.param(
+            BRIDGE + "colour = 1\n",
+            'site.toml: bridge "battery": colour: unknown option',
+            id="unknown-key",
+        ),
+        pytest.param(
+            BRIDGE + "read-only = true\n",
+            'site.toml: bridge "battery": read-only: is a modbus option',
+            id="other-protocols-option",
+        ),
+        pytest.param(
+            BRIDGE.replace('target = "192.0.2.9:502"\n', ""),
+            'site.toml: bridge "battery": target: every bridge needs a target',
+            id="no-target",
+        ),
+        pytest.param(
+            BRIDGE.replace('name = "battery"\n', ""),
+            "site.toml: bridge #1: name: every bridge needs a name",
+            id="no-name",
+        ),
+        pytest.param(BRIDGE + BRIDGE, "two bridges are named 'battery'", id="same-name"),
+        pytest.param(
+            BRIDGE + BRIDGE.replace("battery", "wallbox"),
+            "bridges 'battery' and 'wallbox' both listen on :5020",
+            id="same-listen",
+        ),
+        pytest.param('[logging]\nlevel = "loud"\n' + BRIDGE, "log-level", id="bad-level"),
+        pytest.param("[logging]\ncolour = 1\n" + BRIDGE, "[logging] colour: unknown", id="key"),
+        pytest.param("[colours]\n" + BRIDGE, "unknown table or key 'colours'", id="table"),
+        pytest.param('[logging]\nlevel = "info"\n', "no [[bridge]] table", id="no-bridge"),
+    ],
+)
+def test_every_mistake_is_one_line_naming_file_bridge_and_key(text: str, message: str) -> None:
+    with pytest.raises(ConfigFileError) as caught:
+        parse_config(text, "site.toml")
+    line = str(caught.value)
+    assert "\n" not in line
+    assert message in line
+    assert line.startswith("site.toml: ")
+
+
+def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match=r"site\.toml: cannot read it"):
+        load_config(tmp_path / "site.toml")
+
+
+def test_what_check_config_prints_reads_back_as_the_same_config() -> None:
+    config = parse_config(SITE, "site.toml")
+    assert parse_config(render_config(config), "site.toml") == config
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "tcp_multiplexer", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_prints_every_setting_and_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(SITE)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert 'name = "inverter"' in result.stdout
+    assert 'connect-timeout = "5s"' in result.stdout, "defaults filled in"
+    assert "cache-ttl" in result.stdout
+    assert parse_config(result.stdout, str(path)) == load_config(path)
+
+
+def test_check_config_of_a_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(BRIDGE + 'timeout = "x"\n')
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert f'{path}: bridge "battery": timeout: invalid duration' in line
+    assert result.stdout == ""
+
+
+def test_a_bad_file_stops_the_server_at_start_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(BRIDGE + "max-inflight = 5000\n")
+    result = run_cli("server", "--config", str(path))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert 'bridge "battery": max-inflight: must be at most 1024' in line
+
+
+def test_bridge_options_on_the_command_line_with_a_file_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(BRIDGE)
+    result = run_cli("server", "--config", str(path), "-v", "--timeout", "5s")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "--timeout is a bridge option: with --config, set it in" in line
+
+
+def test_the_shipped_example_is_valid() -> None:
+    config = load_config(PACKAGING / "example.toml")
+    assert [bridge.name for bridge in config.bridges] == ["inverter", "battery", "meter"]
