@@ -148,6 +148,7 @@ class Dispatcher:
                 return
         if pool.unreachable:
             self.fail(request, FailureReason.UNAVAILABLE)
+            pool.demand()  # someone is asking: the pool may try again sooner
             return
         # Queue it (inlined: this runs for most requests under load).
         owner = request.owner

@@ -537,6 +537,12 @@ class PooledConnection(TargetConnection, Protocol):
         """It was closed for being idle, to be reopened when requests come."""
         ...
 
+    @property
+    def retired(self) -> bool:
+        """The multiplexer closed it because of the target (a timeout, a malformed or
+        unasked-for answer), rather than the target closing it."""
+        ...
+
     def mark_ready(self) -> None:
         """It may carry requests now (after the post-connect delay)."""
         ...

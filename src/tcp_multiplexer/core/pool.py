@@ -2,7 +2,11 @@
 
 A slot connects through the connector (TCP, TLS, a serial line: the pool does not
 know), waits the post-connect delay, then offers its connection to the dispatcher;
-when the connection goes, the slot reconnects with exponential backoff. Slot 0
+when the connection goes, the slot reconnects with exponential backoff. While clients
+ask and the target is down, a request cuts a slot's backoff short once its last attempt
+is older than the first backoff step (`reconnect_backoff`, 1 s by default): a device
+that comes back after a long outage is served again within about a second, and with
+nobody asking the backoff grows to its cap as before. Slot 0
 connects at start; further slots start when requests have to wait, so
 `--max-connections N` opens only what the load needs. Serving happens in callbacks
 (upstream.py), never in these tasks. Slot tasks are started through the task spawner,
@@ -31,6 +35,9 @@ from tcp_multiplexer.observability.metrics import TargetMetrics
 HEALTHY_CONNECTION_S: Final = 10.0
 """A connection that lived this long (or answered at all) resets the backoff: the
 target was fine, so the next connect is immediate."""
+REFUSED_WITHIN_S: Final = 1.0
+"""A connection the target closes this soon, before any answer, is a refusal: a device
+that is away behind a host that still accepts, or whose one slot is taken."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +56,26 @@ class PoolSettings:
 
 
 class _Slot:
-    __slots__ = ("busy_connecting", "index", "task", "wanted")
+    __slots__ = (
+        "backing_off",
+        "busy_connecting",
+        "index",
+        "kick",
+        "last_attempt",
+        "task",
+        "wanted",
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.wanted = asyncio.Event()
         self.busy_connecting = False
         self.task: asyncio.Task[None] | None = None
+        self.kick = asyncio.Event()
+        """Set to end a backoff wait early (a request came while the target is down)."""
+        self.backing_off = False
+        self.last_attempt = float("-inf")
+        """Loop time the slot's last connect attempt began."""
 
 
 class UpstreamPool:
@@ -136,7 +156,13 @@ class UpstreamPool:
         return None
 
     def demand(self) -> None:
-        """Requests are waiting: open one more connection if a slot is free for it."""
+        """Requests are waiting: open one more connection if a slot is free for it; if
+        the target is down, try again now where a slot's last attempt is old enough."""
+        if self.unreachable and not self._closing:
+            now = self._clock.time()
+            for slot in self._slots:
+                if slot.backing_off and now - slot.last_attempt >= self._settings.reconnect_backoff:
+                    slot.kick.set()
         if self._closing or not self._unwanted_slots:
             # Called for every queued request: with every slot in use, nothing to do.
             return
@@ -161,6 +187,7 @@ class UpstreamPool:
             while not self._closing:
                 await slot.wanted.wait()
                 slot.busy_connecting = True
+                slot.last_attempt = self._clock.time()
                 metrics.connect_attempts += 1
                 connection = self._make_connection()
                 try:
@@ -173,7 +200,7 @@ class UpstreamPool:
                     metrics.connect_failures += 1
                     delay = backoff.next_delay()
                     self._attempt_failed(exc, delay, first=backoff.attempts == 1)
-                    await asyncio.sleep(delay)
+                    await self._back_off(slot, delay)
                     continue
                 # Numbered per connection made, not per attempt.
                 self._serial += 1
@@ -208,14 +235,35 @@ class UpstreamPool:
                     self._log.info("%s closed; reconnecting", connection.name)
                 else:
                     delay = backoff.next_delay()
-                    self._log.info(
-                        "%s closed soon after connecting; reconnecting in %.2fs",
-                        connection.name,
-                        delay,
-                    )
-                    await asyncio.sleep(delay)
+                    lived = self._clock.time() - connected_at
+                    if not connection.retired and lived < REFUSED_WITHIN_S:
+                        # The target closed it at once, unasked: as good as a refusal.
+                        self._attempt_failed(
+                            ConnectionResetError(f"{connection.name} closed by the target at once"),
+                            delay,
+                            first=backoff.attempts == 1,
+                        )
+                    else:
+                        self._log.info(
+                            "%s closed soon after connecting; reconnecting in %.2fs",
+                            connection.name,
+                            delay,
+                        )
+                    await self._back_off(slot, delay)
         finally:
             slot.busy_connecting = False
+
+    async def _back_off(self, slot: _Slot, delay: float) -> None:
+        """Wait `delay` before the next attempt, or less if `demand()` says to."""
+        slot.kick.clear()
+        slot.backing_off = True
+        try:
+            async with asyncio.timeout(delay):
+                await slot.kick.wait()
+        except TimeoutError:
+            pass
+        finally:
+            slot.backing_off = False
 
     def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
         self._last_attempt_failed = True

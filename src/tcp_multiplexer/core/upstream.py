@@ -78,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         "closed_as_expected",
         "name",
         "pipelined",
+        "retired",
     )
 
     def __init__(
@@ -125,6 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._corked: list[bytes] | None = None
         """Writes held back while corked, sent as one write by uncork()."""
         self._last_activity = clock.time()
+        self.retired = False
         self.closed_as_expected = False
         """The connection ended as planned: after an answer that said so, for being
         idle, or at shutdown (not counted as a reconnect)."""
@@ -256,7 +258,10 @@ class UpstreamConnection(asyncio.Protocol):
             messages = self._framer.feed(data)
         except FramingError as exc:
             self._log.warning(
-                "%s: target sent a malformed answer (%s); reconnecting", self.name, exc
+                "%s: target sent a malformed answer (%s); reconnecting",
+                self.name,
+                exc,
+                extra={"target": self.name, "reason": str(exc)},
             )
             self._retire(FailureReason.BROKEN)
             return
@@ -466,6 +471,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _retire(self, reason: FailureReason) -> None:
         """Stop using this connection: fail what is on it and close it at once."""
         self._ready = False
+        self.retired = True
         self._fail_all(reason)
         if self._transport is not None:
             self._transport.abort()

@@ -186,6 +186,10 @@ class TargetServer:
         self._waiters: list[tuple[Callable[[TargetStats], bool], asyncio.Future[None]]] = []
         self._outage_task: asyncio.Task[None] | None = None
         self._started = False
+        self.resetting = False
+        """Accept every connection and reset it at once, as `accept_close` does, while
+        True: a device that is away but whose host still answers; tests count the
+        attempts in `stats.rejected`."""
 
     @property
     def port(self) -> int:
@@ -363,7 +367,7 @@ class _TargetConnection(asyncio.Protocol):
         server._connections.add(self)
         stats.accepted += 1
         peer = transport.get_extra_info("peername")
-        if config.accept_close:
+        if config.accept_close or server.resetting:
             stats.rejected += 1
             self._closing = True
             logger.debug("accepted %s and reset it (--accept-close)", peer)
