@@ -23,10 +23,12 @@ from typing import Final
 
 from tcp_multiplexer.bridge import Bridge
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
-from tcp_multiplexer.core.interfaces import Clock, Connector
+from tcp_multiplexer.core.interfaces import Clock, Connector, LoopClock
 from tcp_multiplexer.core.poller import Poller
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.logs import NOTICE, BridgeLog, setup_logging
+from tcp_multiplexer.observability.http import ObservabilityListener
+from tcp_multiplexer.observability.status import History
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.supervise import Supervisor
 from tcp_multiplexer.systemd import SystemdNotifier
@@ -98,8 +100,8 @@ class App:
         self._reload_source = reload_source
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         loop = asyncio.get_running_loop()
-        self._clock: Clock = loop
-        self._poller = Poller(loop, config.busy_poll)
+        self._clock: Clock = LoopClock(loop)
+        self._poller = Poller(self._clock, config.busy_poll)
         self.supervisor = Supervisor()
         self.bridges: dict[str, Bridge] = {}
         self._draining: set[asyncio.Task[None]] = set()
@@ -108,6 +110,12 @@ class App:
         self.reloads = 0
         """Reloads that applied a new configuration."""
         self.failed_reloads = 0
+        self.history = History(lambda: self.bridges)
+        self.observability: ObservabilityListener | None = None
+        self._history_task: asyncio.Task[None] | None = None
+        self.ready = False
+        """True once every listener is open (/readyz)."""
+        self._started_at = self._clock.time()
 
     # ------------------------------------------------------------------ BridgeServices
 
@@ -127,6 +135,39 @@ class App:
     def names_bridges(self) -> bool:
         return self.config.source is not None
 
+    @property
+    def observing(self) -> bool:
+        return self.config.metrics_listen is not None
+
+    @property
+    def per_client_latency(self) -> bool:
+        return self.config.metrics_per_client
+
+    @property
+    def capture_size(self) -> int:
+        return self.config.capture
+
+    # ------------------------------------------------------------------ what is observed
+
+    @property
+    def task_restarts(self) -> dict[str, int]:
+        return dict(self.supervisor.restarts)
+
+    @property
+    def reload_counts(self) -> tuple[int, int]:
+        return self.reloads, self.failed_reloads
+
+    @property
+    def per_client(self) -> bool:
+        return self.config.metrics_per_client
+
+    @property
+    def uptime(self) -> float:
+        return self._clock.time() - self._started_at
+
+    def now(self) -> float:
+        return self._clock.time()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -139,12 +180,34 @@ class App:
         if new_limit != old_limit:
             logger.info("raised the open-file limit from %d to %d", old_limit, new_limit)
         try:
+            await self._open_observability(self.config.metrics_listen)
             for bridge_config in self.config.bridges:
                 await self.add_bridge(bridge_config)
         except OSError:
             await self.stop(grace=0.0)
             raise
         self._start_metrics_line()
+        self.ready = True
+
+    async def _open_observability(self, address: Address | None) -> None:
+        """Open the metrics, health and status listener (none if `address` is None).
+
+        Raises:
+            OSError: it cannot listen there, naming it.
+        """
+        if address is None:
+            return
+        listener = ObservabilityListener(self, address)
+        try:
+            await listener.start()
+        except OSError as exc:
+            raise OSError(exc.errno, f"metrics listener {address}: {exc.strerror or exc}") from exc
+        self.observability = listener
+        logger.log(NOTICE, "metrics, health and status page on http://%s/", listener.sockets[0])
+        if self._history_task is None:
+            self._history_task = self.supervisor.spawn(
+                "status history", lambda: self.history.run(self._clock.time)
+            )
 
     def _start_metrics_line(self) -> None:
         if self._metrics_task is not None:
@@ -194,6 +257,10 @@ class App:
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain every bridge at once, each bounded by its timeout (or `grace`)."""
+        self.ready = False
+        if self.observability is not None:
+            self.observability.close()
+            self.observability = None
         if self._metrics_task is not None:
             self._metrics_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,11 +300,22 @@ class App:
                 running.append(config)
             else:
                 running.append(old.config)
+        if new.metrics_listen != self.config.metrics_listen:
+            await self._replace_observability(new.metrics_listen)
         self.config = replace(new, bridges=tuple(running))
         self._poller.window = new.busy_poll
         setup_logging(new.log_level, new.log_format)
         self._start_metrics_line()
         self.reloads += 1
+
+    async def _replace_observability(self, address: Address | None) -> None:
+        if self.observability is not None:
+            self.observability.close()
+            self.observability = None
+        try:
+            await self._open_observability(address)
+        except OSError as exc:
+            logger.error("reload: %s; no metrics listener until the next reload", exc.strerror)
 
     async def _replace(self, old: Bridge, config: BridgeConfig) -> bool:
         """Put a bridge built from `config` in `old`'s place; False if it cannot listen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from tcp_multiplexer.config.model import BridgeConfig
@@ -30,7 +31,10 @@ from tcp_multiplexer.core.pool import PoolSettings, UpstreamPool
 from tcp_multiplexer.core.session import ClientSession
 from tcp_multiplexer.core.upstream import UpstreamConnection
 from tcp_multiplexer.logs import BridgeLog
+from tcp_multiplexer.observability.capture import CaptureRing, Endpoint
+from tcp_multiplexer.observability.clients import ClientDirectory, ClientStats
 from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics, TargetMetrics
+from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.transports.tcp import (
     TcpConnector,
@@ -40,6 +44,10 @@ from tcp_multiplexer.transports.tcp import (
 )
 
 logger = logging.getLogger("tcp_multiplexer.bridge")
+
+
+def _endpoint(address: Address) -> Endpoint:
+    return address.host, address.port
 
 
 class BridgeServices(Protocol):
@@ -58,6 +66,34 @@ class BridgeServices(Protocol):
     def names_bridges(self) -> bool:
         """True if plain log lines should start with the bridge's name (several bridges)."""
         ...
+
+    @property
+    def observing(self) -> bool:
+        """True if clients' addresses are counted (a metrics listener is on)."""
+        ...
+
+    @property
+    def per_client_latency(self) -> bool:
+        """True if each client address's latency is timed too (--metrics-per-client)."""
+        ...
+
+    @property
+    def capture_size(self) -> int:
+        """Transactions each bridge keeps for /capture (0: none)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """One target of a bridge as observability reads it: its name, counters, pool and
+    queue, and how long an answer may take."""
+
+    name: str
+    metrics: TargetMetrics
+    pool: UpstreamPool
+    dispatcher: Dispatcher
+    timeout: float
+    max_connections: int
 
 
 class Bridge:
@@ -132,6 +168,14 @@ class Bridge:
             pools.append(pool)
             return pool
 
+        self.capture = (
+            CaptureRing(config.name, services.capture_size, _endpoint(config.target))
+            if services.capture_size
+            else None
+        )
+        self.client_directory = (
+            ClientDirectory(timed=services.per_client_latency) if services.observing else None
+        )
         self.dispatcher = Dispatcher(
             self._codec,
             target_metrics,
@@ -141,6 +185,7 @@ class Bridge:
             timeout=config.timeout,
             queue_size=config.queue_size,
             policy=policy,
+            recorder=self.capture.record if self.capture is not None else None,
         )
         (self.pool,) = pools
         self.clients = ClientMetrics()
@@ -152,6 +197,17 @@ class Bridge:
             connections_now=lambda: self.pool.connections,
             waiting_now=lambda: self.dispatcher.waiting,
         )
+        self.targets = (
+            TargetView(
+                self.connector.target,
+                target_metrics,
+                self.pool,
+                self.dispatcher,
+                config.timeout,
+                config.max_connections,
+            ),
+        )
+        """Every target the bridge serves from (one per route)."""
         self._session_count = 0
         self._servers: list[asyncio.Server] = []
         self._draining = False
@@ -186,6 +242,17 @@ class Bridge:
 
     def client_disconnected(self, session: ClientConnection) -> None:
         self._sessions.discard(session)
+
+    def counters_for(self, peer: object) -> ClientStats | None:
+        if self.client_directory is None:
+            return None
+        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        return self.client_directory.stats_for(str(host))
+
+    @property
+    def sessions(self) -> list[ClientConnection]:
+        """The clients connected now."""
+        return list(self._sessions)
 
     # ------------------------------------------------------------------ lifecycle
 

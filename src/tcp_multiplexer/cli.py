@@ -171,6 +171,7 @@ def check_config(args: argparse.Namespace) -> int:
 def build_parser() -> OneLineErrorParser:
     """The whole command line."""
     import tcp_multiplexer.demo as demo
+    import tcp_multiplexer.fetch as fetch
     import tcp_multiplexer.targets.cli as targets_cli
 
     parser = OneLineErrorParser(
@@ -198,6 +199,7 @@ def build_parser() -> OneLineErrorParser:
     )
     check.add_argument("file", metavar="FILE", help="the TOML config file")
     check.set_defaults(handler=check_config)
+    fetch.add_parsers(commands)
     commands.add_parser("list", help="list the supported protocols, one per line")
     commands.add_parser("version", help="print the version")
     targets_cli.add_parser(commands)

@@ -221,6 +221,12 @@ def listen_value(value: object) -> Address:
     return parse_listen(_string(value, "listen address"))
 
 
+def local_listen_value(value: object) -> Address:
+    """A listen address that stays on loopback unless a host is given."""
+    address = listen_value(value)
+    return address if address.host else Address("127.0.0.1", address.port)
+
+
 # ---------------------------------------------------------------------------- options
 
 
@@ -273,6 +279,8 @@ class Option:
         Raises:
             ConfigError: with this option as its key.
         """
+        if value is None:
+            return None  # an option that is off by default and was not given
         try:
             if self.parse is None:
                 return flag_value(value)

@@ -64,7 +64,7 @@ class FakeConnection:
     def can_send(self) -> bool:
         return self.free
 
-    def send(self, request: Request) -> None:
+    def send(self, request: Request, now: float) -> None:
         assert self.free, "sent to a busy connection"
         self.free = False
         self.sent.append(request)
@@ -93,7 +93,7 @@ class FakePool:
     def free(self) -> None:
         """The connection's answer came: it can take the next request."""
         self.connection.free = True
-        self.events.connection_available(self.connection)
+        self.events.connection_available(self.connection, 0.0)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class FakeSink:
     def fail(self, request: Request, reason: FailureReason) -> None:
         self.failed.append((request, reason))
 
-    def connection_available(self, connection: TargetConnection) -> None:
+    def connection_available(self, connection: TargetConnection, now: float) -> None:
         self.available += 1
 
 
@@ -152,3 +152,6 @@ class FakeHost:
     def client_disconnected(self, session: ClientConnection) -> None:
         if session in self.connected:
             self.connected.remove(session)
+
+    def counters_for(self, peer: object) -> None:
+        return None

@@ -48,7 +48,7 @@ class Rig:
     def send(self, payload: bytes) -> Request:
         request = Request(self.owner, payload, self.clock.time())
         assert self.connection.can_send
-        self.connection.send(request)
+        self.connection.send(request, self.clock.time())
         return request
 
 

@@ -90,5 +90,8 @@ def build_app(
         log_format=read["log_format"],
         metrics_interval=read["metrics_interval"],
         busy_poll=read["busy_poll"],
+        metrics_listen=read["metrics_listen"],
+        metrics_per_client=read["metrics_per_client"],
+        capture=read["capture"],
         source=source,
     )

@@ -35,6 +35,8 @@ DEFAULT_LOG_LEVEL: Final = "notice"
 LOG_LEVELS: Final = ("warning", "notice", "info", "debug")
 DEFAULT_LOG_FORMAT: Final = "plain"
 LOG_FORMATS: Final = ("plain", "json")
+MAX_CAPTURE: Final = 100_000
+"""Transactions a bridge may keep for /capture: a few hundred bytes each."""
 MAX_INFLIGHT_LIMIT: Final = 1024
 """Upper bound for --max-inflight; Modbus ids are 16 bits, and no device pipelines more."""
 
@@ -125,6 +127,12 @@ class AppConfig:
     """How often the metrics line is logged at info level (0 = never)."""
     busy_poll: float = DEFAULT_BUSY_POLL
     """How long the event loop keeps polling after I/O before it sleeps (0 = never)."""
+    metrics_listen: Address | None = None
+    """Where /metrics, /healthz, the status page and /capture are served (None: off)."""
+    metrics_per_client: bool = False
+    """Metrics per client address too (at most 1,000, the rest as "other")."""
+    capture: int = 0
+    """Transactions each bridge keeps for /capture (0: off)."""
     source: str | None = None
     """The config file it was read from; None: the command line alone."""
 
@@ -139,6 +147,16 @@ class AppConfig:
         ):
             if value < 0:
                 raise ConfigError("must not be negative", key=key)
+        if self.capture < 0:
+            raise ConfigError("must not be negative", key="capture")
+        if self.capture > MAX_CAPTURE:
+            raise ConfigError(f"must be at most {MAX_CAPTURE}", key="capture")
+        if self.capture and self.metrics_listen is None:
+            raise ConfigError(
+                "needs a metrics listener (metrics-listen) to serve it", key="capture"
+            )
+        if self.metrics_per_client and self.metrics_listen is None:
+            raise ConfigError("needs a metrics listener (metrics-listen)", key="metrics-per-client")
         names = [bridge.name for bridge in self.bridges]
         for name in names:
             if names.count(name) > 1:
@@ -154,6 +172,18 @@ class AppConfig:
                         f"bridges {other!r} and {bridge.name!r} both listen on {address}"
                     )
                 seen[address] = bridge.name
+        if self.metrics_listen is not None and self.metrics_listen.port:
+            for bridge in self.bridges:
+                for address in bridge.listen:
+                    if address.port == self.metrics_listen.port and (
+                        address.host in ("", self.metrics_listen.host)
+                        or self.metrics_listen.host in ("", "0.0.0.0", "::")  # noqa: S104
+                    ):
+                        raise ConfigError(
+                            f"{self.metrics_listen} is bridge {bridge.name!r}'s address: the "
+                            "metrics listener must not be reachable on a bridge's port",
+                            key="metrics-listen",
+                        )
 
     def bridge(self, name: str) -> BridgeConfig:
         """The bridge named `name`.

@@ -32,7 +32,11 @@ def _lines(options: Iterable[Option], values: dict[str, Any], *, key_of: Any = N
     lines = []
     for option in options:
         key = key_of(option) if key_of is not None else option.key
-        lines.append(f"{key} = {_value(option, values[option.key])}")
+        value = values[option.key]
+        if value is None:
+            lines.append(f"# {key}: off")
+        else:
+            lines.append(f"{key} = {_value(option, value)}")
     return lines
 
 

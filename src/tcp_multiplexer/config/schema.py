@@ -14,6 +14,7 @@ from tcp_multiplexer.options import (
     count_value,
     duration_value,
     listen_value,
+    local_listen_value,
     target_value,
     text_value,
 )
@@ -38,6 +39,7 @@ TARGET_GROUP: Final = "target and listener (as in the reference)"
 TIMING_GROUP: Final = "timing (durations: plain seconds like 1.5, or 500ms, 1s, 1m30s)"
 POOL_GROUP: Final = "connections and queueing"
 LOG_GROUP: Final = "logging"
+OBSERVE_GROUP: Final = "metrics, health, status page and capture"
 
 BRIDGE_OPTIONS: Final = (
     Option(
@@ -230,6 +232,41 @@ GLOBAL_OPTIONS: Final = (
         group=LOG_GROUP,
         scope=Scope.GLOBAL,
         table="logging",
+    ),
+    Option(
+        "metrics-listen",
+        "serve /metrics (Prometheus), /healthz, /readyz, the status page at / and, with "
+        "--capture, /capture on this address; a bare PORT stays on loopback "
+        "(default: off)",
+        local_listen_value,
+        None,
+        metavar="[HOST:]PORT",
+        group=OBSERVE_GROUP,
+        scope=Scope.GLOBAL,
+        table="metrics",
+        file_key="listen",
+    ),
+    Option(
+        "metrics-per-client",
+        "also count requests, errors and latency per client address (at most 1,000 "
+        "addresses, the rest as 'other')",
+        None,
+        False,
+        group=OBSERVE_GROUP,
+        scope=Scope.GLOBAL,
+        table="metrics",
+        file_key="per-client",
+    ),
+    Option(
+        "capture",
+        "keep each bridge's last N transactions for /capture (JSON lines) and "
+        "/capture.pcap (Wireshark) (default: 0 = off)",
+        count_value(0),
+        0,
+        metavar="N",
+        group=OBSERVE_GROUP,
+        scope=Scope.GLOBAL,
+        table="metrics",
     ),
     Option(
         "busy-poll",

@@ -28,6 +28,7 @@ from tcp_multiplexer.core.interfaces import (
     GatewayPolicy,
     Pool,
     PoolFactory,
+    Recorder,
     Request,
     RequestOwner,
     RequestState,
@@ -57,6 +58,7 @@ class Dispatcher:
         "_queue_size",
         "_queue_timer",
         "_queues",
+        "_record",
         "_ring",
         "_timeout",
         "_waiting",
@@ -74,8 +76,11 @@ class Dispatcher:
         timeout: float,
         queue_size: int,
         policy: GatewayPolicy | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
+        """`recorder`, if given, is told how every request was answered (a capture)."""
         self._codec = codec
+        self._record = recorder
         self._metrics = metrics
         self._clock = clock
         self._log = log
@@ -124,19 +129,21 @@ class Dispatcher:
             local = policy.admit(request)
             if local is not None:
                 metrics.local_answers += 1
+                if self._record is not None:
+                    self._record(request, local, "local", request.submitted_at)
                 self._deliver(request, local, False)
                 return
             key = request.coalesce_key
             if key is not None and self._coalesce:
-                leader = self._leaders.get(key)
-                if leader is not None:
+                # One dict lookup: this request leads unless an identical one does.
+                leader = self._leaders.setdefault(key, request)
+                if leader is not request:
                     if leader.followers is None:
                         leader.followers = []
                     leader.followers.append(request)
                     request.state = RequestState.FOLLOWING
                     metrics.coalesced += 1
                     return
-                self._leaders[key] = request
         pool = self._pool
         if not self._waiting:
             connection = pool.available_connection()
@@ -144,7 +151,7 @@ class Dispatcher:
                 if self._batch is not None and connection not in self._batch:
                     connection.cork()
                     self._batch.append(connection)
-                connection.send(request)
+                connection.send(request, request.submitted_at)
                 return
         if pool.unreachable:
             self.fail(request, FailureReason.UNAVAILABLE)
@@ -202,21 +209,21 @@ class Dispatcher:
             return request
         return None
 
-    def connection_available(self, connection: TargetConnection) -> None:
+    def connection_available(self, connection: TargetConnection, now: float) -> None:
         """`connection` can take another request (callers checked `can_send`): give it
         waiting ones while it can."""
         if self._waiting:
             if connection.pipelined:
-                self._send_waiting_batch(connection)
+                self._send_waiting_batch(connection, now)
             else:
                 # One request at a time (the default): a single write, nothing to gather.
                 request = self._next_waiting()
                 if request is not None:
-                    connection.send(request)
+                    connection.send(request, now)
             if self._paused:
                 self._resume_paused()
 
-    def _send_waiting_batch(self, connection: TargetConnection) -> None:
+    def _send_waiting_batch(self, connection: TargetConnection, now: float) -> None:
         """Send waiting requests while `connection` takes them, in one write."""
         connection.cork()
         try:
@@ -224,7 +231,7 @@ class Dispatcher:
                 request = self._next_waiting()
                 if request is None:
                     break
-                connection.send(request)
+                connection.send(request, now)
         finally:
             connection.uncork()
 
@@ -316,8 +323,10 @@ class Dispatcher:
         if request.observed and policy is not None:
             policy.observe(request, answer)
         key = request.coalesce_key
-        if key is not None and self._leaders.get(key) is request:
-            del self._leaders[key]
+        if key is not None:
+            leader = self._leaders.pop(key, None)
+            if leader is not request and leader is not None:
+                self._leaders[key] = leader  # another leads under that key now
         # The latency histogram's observe() and _deliver(), inlined: this runs for
         # every answer.
         latency = metrics.latency
@@ -326,6 +335,8 @@ class Dispatcher:
         counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
         latency.total += elapsed
         metrics.answers += 1
+        if self._record is not None:
+            self._record(request, answer, "answer", now)
         request.state = RequestState.DONE
         request.answer = answer
         if ends_connection:
@@ -343,7 +354,10 @@ class Dispatcher:
                 counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
                 latency.total += elapsed
                 metrics.answers += 1
-                self._deliver(follower, share(follower.payload, answer), ends_connection)
+                shared = share(follower.payload, answer)
+                if self._record is not None:
+                    self._record(follower, shared, "answer", now)
+                self._deliver(follower, shared, ends_connection)
 
     def fail(self, request: Request, reason: FailureReason) -> None:
         """Answer `request` (and its followers) with the gateway answer for `reason`."""
@@ -360,6 +374,9 @@ class Dispatcher:
             answer = codec.gateway_answer(failed.payload, reason)
             if policy is not None:
                 policy.observe_gateway_answer(failed.payload, answer)
+            if self._record is not None:
+                outcome = "gateway" if answer is not None else "closed"
+                self._record(failed, answer, f"{outcome}: {reason.name.lower()}", now)
             if answer is None:
                 failed.close_client = True
                 self._deliver(failed, b"", False)
@@ -383,6 +400,8 @@ class Dispatcher:
 
     def _drop(self, request: Request) -> None:
         """Forget a request nobody waits for any more."""
+        if self._record is not None:
+            self._record(request, None, "dropped", self._clock.time())
         request.state = RequestState.DONE
         if request.coalesce_key is not None:
             self._release_leader(request)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum, StrEnum
 from typing import Final, Protocol
@@ -375,8 +376,9 @@ class TargetConnection(Protocol):
         """More than one request may be outstanding at once."""
         ...
 
-    def send(self, request: Request) -> None:
-        """Write `request`; the caller checked `can_send`."""
+    def send(self, request: Request, now: float) -> None:
+        """Write `request` at clock time `now` (the caller's, to spare a clock read);
+        the caller checked `can_send`."""
         ...
 
     def cork(self) -> None: ...
@@ -395,8 +397,9 @@ class ConnectionSink(Protocol):
         """`request` gets the gateway answer for `reason`."""
         ...
 
-    def connection_available(self, connection: TargetConnection) -> None:
-        """`connection` can take another request (the caller checked `can_send`)."""
+    def connection_available(self, connection: TargetConnection, now: float) -> None:
+        """`connection` can take another request at clock time `now` (the caller
+        checked `can_send`)."""
         ...
 
 
@@ -430,6 +433,11 @@ class Pool(Protocol):
         again now if the target is down and the last attempt is old enough."""
         ...
 
+
+Recorder = Callable[["Request", bytes | None, str, float], None]
+"""Told how each request was answered: (request, answer or None, outcome, loop time);
+outcomes are ``answer``, ``local``, ``gateway: <reason>``, ``closed: <reason>`` and
+``dropped``. The capture is one."""
 
 PoolFactory = Callable[[PoolEvents], Pool]
 """Builds the pool a dispatcher serves from, given the dispatcher to report to."""
@@ -476,6 +484,24 @@ class ClientConnection(RequestOwner, Protocol):
         ...
 
 
+class LatencyObserver(Protocol):
+    def observe(self, seconds: float) -> None: ...
+
+
+class ClientCounters(Protocol):
+    """What a session counts for its client's address, while observability is on."""
+
+    connections: int
+    requests: int
+    errors: int
+    last_seen: float
+
+    @property
+    def latency(self) -> LatencyObserver | None:
+        """Submit-to-answer times, if kept per client."""
+        ...
+
+
 class SessionHost(Protocol):
     """What a client session needs from the bridge that accepted it."""
 
@@ -508,6 +534,10 @@ class SessionHost(Protocol):
 
     def client_disconnected(self, session: ClientConnection) -> None:
         """A client's connection is gone."""
+        ...
+
+    def counters_for(self, peer: object) -> ClientCounters | None:
+        """Where a session from `peer` counts what it does (None: nowhere)."""
         ...
 
 
@@ -548,3 +578,23 @@ class PooledConnection(TargetConnection, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class LoopClock:
+    """The event loop's timers with a precise clock: a `Clock` for production.
+
+    uvloop's own `time()` moves in millisecond steps, which would round every latency
+    to 0 or 1 ms. `time.monotonic` is the same clock, to the nanosecond; timers are still
+    the loop's. (The loop's time is never ahead of it, so a timer set for a monotonic
+    time fires no earlier.) The methods are the loop's and the clock's own bound
+    callables, so a call costs what calling the loop does.
+    """
+
+    __slots__ = ("call_at", "call_later", "call_soon", "create_future", "time")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.time: Callable[[], float] = time.monotonic
+        self.call_at: Callable[[float, Callable[[], object]], TimerHandle] = loop.call_at
+        self.call_later: Callable[[float, Callable[[], object]], TimerHandle] = loop.call_later
+        self.call_soon: Callable[[Callable[[], object]], object] = loop.call_soon
+        self.create_future: Callable[[], asyncio.Future[None]] = loop.create_future

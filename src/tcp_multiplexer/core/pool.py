@@ -117,6 +117,8 @@ class UpstreamPool:
         attribute, kept by the slots: it is read for every request that waits)."""
         self._closing = False
         self._serial = 0
+        self.last_error: str | None = None
+        """Why the last connect attempt failed (cleared once a connection is up)."""
 
     @property
     def connections(self) -> int:
@@ -267,6 +269,7 @@ class UpstreamPool:
 
     def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
         self._last_attempt_failed = True
+        self.last_error = str(exc) or type(exc).__name__
         if not self._connections:
             self.unreachable = True
         reason = str(exc) or type(exc).__name__
@@ -291,6 +294,7 @@ class UpstreamPool:
             )
         self._last_attempt_failed = False
         self.unreachable = False
+        self.last_error = None
         self._connections.append(connection)
         self._log.info(
             "new target connection: %s <-> %s",
@@ -299,7 +303,7 @@ class UpstreamPool:
         )
         connection.mark_ready()
         if connection.can_send:
-            self._events.connection_available(connection)
+            self._events.connection_available(connection, self._clock.time())
 
     def _connection_down(self, connection: PooledConnection) -> None:
         self._connections.remove(connection)

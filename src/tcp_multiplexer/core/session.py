@@ -13,7 +13,13 @@ import logging
 from collections import deque
 from typing import Final, cast
 
-from tcp_multiplexer.core.interfaces import Request, RequestState, SessionHost
+from tcp_multiplexer.core.interfaces import (
+    ClientCounters,
+    LatencyObserver,
+    Request,
+    RequestState,
+    SessionHost,
+)
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.logs import format_peer, hex_dump
 
@@ -46,6 +52,8 @@ class ClientSession(asyncio.Protocol):
         "_paused",
         "_pending_interim",
         "_poller",
+        "_stats",
+        "_timed",
         "_transport",
         "closed",
         "name",
@@ -67,6 +75,9 @@ class ClientSession(asyncio.Protocol):
         self.peer: object = None
         """The client's address as the socket gives it (a (host, port) tuple for TCP)."""
         self._transport: asyncio.Transport | None = None
+        self._stats: ClientCounters | None = None
+        self._timed: LatencyObserver | None = None
+        """Where each answer's latency goes, if this client's address is timed."""
         self._outstanding: deque[Request] = deque()
         self._paused = 0
         self._eof = False
@@ -87,6 +98,11 @@ class ClientSession(asyncio.Protocol):
             self._closing = True
             self._transport.abort()
             return
+        stats = self._stats = self._host.counters_for(self.peer)
+        if stats is not None:
+            stats.connections += 1
+            stats.last_seen = self._clock.time()
+            self._timed = stats.latency
         if self._log.isEnabledFor(logging.INFO):
             self._log.info(
                 "%s connected (to %s)",
@@ -102,6 +118,8 @@ class ClientSession(asyncio.Protocol):
         try:
             messages = framer.feed(data)
         except FramingError as exc:
+            if self._stats is not None:
+                self._stats.errors += 1
             self._log.warning(
                 "%s sent a bad request (%s); closing its connection",
                 self.name,
@@ -112,6 +130,10 @@ class ClientSession(asyncio.Protocol):
             return
         now = self._clock.time()
         self._poller.touch(now)
+        stats = self._stats
+        if stats is not None:
+            stats.requests += len(messages)
+            stats.last_seen = now
         closing = framer.closing_at
         if closing >= 0:
             # A request that ends the connection (the framer says so) is the last one
@@ -175,6 +197,8 @@ class ClientSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._closing = True
+        if self._stats is not None:
+            self._stats.connections -= 1
         self._host.client_disconnected(self)
         self._dispatch.owner_closed(self)
         self._outstanding.clear()
@@ -202,8 +226,11 @@ class ClientSession(asyncio.Protocol):
             return
         chunks: list[bytes] = []
         close_after = False
+        timed = self._timed
         while outstanding and outstanding[0].state == RequestState.DONE:
             done = outstanding.popleft()
+            if timed is not None:
+                timed.observe(self._clock.time() - done.submitted_at)
             if done.close_client:
                 self._log.info("%s: no answer from the target; closing the client", self.name)
                 close_after = True

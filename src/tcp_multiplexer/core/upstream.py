@@ -170,8 +170,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, request: Request) -> None:
-        """Write `request` to the target; the caller checked `can_send`."""
+    def send(self, request: Request, now: float) -> None:
+        """Write `request` to the target at clock time `now`; the caller checked
+        `can_send`."""
         transport = self._transport
         if transport is None:
             raise RuntimeError(f"{self.name}: send() before connection_made()")
@@ -194,7 +195,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._inflight += 1
         if self._announce:
             self._framer.expect_response(wire)
-        now = self._clock.time()
         if request.state == RequestState.WAITING:
             # It waited for a free connection (a sum, not a histogram: this runs for
             # most requests under load, and a bisect costs more than the rest of it).
@@ -245,7 +245,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _gap_elapsed(self) -> None:
         self._gap_timer = None
         if self.can_send:
-            self._sink.connection_available(self)
+            self._sink.connection_available(self, self._clock.time())
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -340,7 +340,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._schedule_timer()
             # can_send, inlined for a connection without a request gap.
             if self.can_send if self._gap else self._inflight < self._capacity:
-                sink.connection_available(self)
+                sink.connection_available(self, now)
         if len(answered) == 1:
             request, answer = answered[0]
             sink.finish(request, answer, now, closing >= 0)
@@ -455,7 +455,7 @@ class UpstreamConnection(asyncio.Protocol):
             )
             self._sink.fail(oldest, FailureReason.TIMEOUT)
         if self._ready and self.can_send:
-            self._sink.connection_available(self)
+            self._sink.connection_available(self, now)
 
     # ------------------------------------------------------------------ closing
 
