@@ -35,7 +35,17 @@ async def eventually(
         await asyncio.sleep(0.005)
 
 
-APP_FIELDS = frozenset(("busy_poll", "metrics_interval", "log_level"))
+APP_FIELDS = frozenset(
+    (
+        "busy_poll",
+        "metrics_interval",
+        "log_level",
+        "log_format",
+        "metrics_listen",
+        "metrics_per_client",
+        "capture",
+    )
+)
 """mux_config overrides that belong to the process, not the bridge."""
 
 

@@ -6,7 +6,13 @@ import pytest
 
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.options import Address, parse_duration, parse_listen, parse_target
+from tcp_multiplexer.options import (
+    Address,
+    format_duration,
+    parse_duration,
+    parse_listen,
+    parse_target,
+)
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 
 
@@ -28,6 +34,12 @@ from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_durations_are_the_nearest_float_so_they_read_back_exactly() -> None:
+    for text, seconds in (("200us", 0.0002), ("1.1ms", 0.0011), ("300ms", 0.3)):
+        assert parse_duration(text) == seconds
+        assert parse_duration(format_duration(seconds)) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "s", "1x", "-1s", "1s2", "1 s", "ms", "+1"])

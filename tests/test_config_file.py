@@ -14,6 +14,7 @@ from tcp_multiplexer.config.model import BridgeConfig
 from tcp_multiplexer.config.render import render_config
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tests.tlscerts import make_ca
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 
@@ -193,3 +194,87 @@ def test_bridge_options_on_the_command_line_with_a_file_exit_2(tmp_path: Path) -
 def test_the_shipped_example_is_valid() -> None:
     config = load_config(PACKAGING / "example.toml")
     assert [bridge.name for bridge in config.bridges] == ["inverter", "battery", "meter"]
+
+
+def secure_site(folder: Path) -> str:
+    """A bridge with every access and TLS setting, its certificates made in `folder`."""
+    ca = make_ca(folder, "site")
+    server = ca.issue("multiplexer", server=True)
+    return f"""
+[[bridge]]
+name = "inverter"
+protocol = "modbus"
+listen = "127.0.0.1:802"
+target = "192.0.2.22:502"
+allow = ["192.168.1.0/24", "::1"]
+max-clients = 8
+client-idle-timeout = "10m"
+tls-cert = "{server.cert}"
+tls-key = "{server.key}"
+tls-client-ca = "{ca.pem}"
+write-rules = [
+  {{ clients = ["192.168.1.20"], writes = ["unit 1 holding 40100-40110"] }},
+  {{ roles = ["operator"], access = "read-write" }},
+]
+"""
+
+
+def test_access_and_tls_settings_read_and_check_config_round_trips(tmp_path: Path) -> None:
+    config = parse_config(secure_site(tmp_path), "site.toml")
+    (bridge,) = config.bridges
+    assert [str(network) for network in bridge.allow] == ["192.168.1.0/24", "::1/128"]
+    assert (bridge.max_clients, bridge.client_idle_timeout) == (8, 600.0)
+    assert bridge.tls_client_ca is not None
+    assert isinstance(bridge.protocol_options, ModbusOptions)
+    assert len(bridge.protocol_options.write_rules) == 2
+    assert parse_config(render_config(config), "site.toml") == config
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            ('"unit 1 holding 40100-40110"', '"unit 1 inputs 5"'),
+            "write-rules: 'unit 1 inputs 5': write it as",
+            id="bad-grant",
+        ),
+        pytest.param(
+            ('access = "read-write"', 'access = "all"'),
+            "write-rules: access 'all' is not read-only or read-write",
+            id="bad-access",
+        ),
+        pytest.param(('"192.168.1.0/24"', '"192.168.1.0/33"'), "allow: ", id="bad-network"),
+        pytest.param(
+            ("multiplexer.key", "missing.key"),
+            "tls-key: cannot read ",
+            id="no-key-file",
+        ),
+        pytest.param(
+            ("-ca.pem", "-ca.missing"),
+            "-ca.missing: No such file or directory",
+            id="no-ca-file",
+        ),
+        pytest.param(
+            ("multiplexer.key", "multiplexer.pem"),
+            "tls-cert: cannot use it: ",
+            id="a-certificate-for-a-key",
+        ),
+    ],
+)
+def test_a_bad_access_or_tls_setting_is_one_line(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    text = secure_site(tmp_path).replace(*change)
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert f'{path}: bridge "inverter": ' in line
+    assert message in line
+
+
+def test_write_rules_are_a_config_file_setting_only() -> None:
+    result = run_cli("server", "--write-rules", "x")
+    assert result.returncode == 2
+    assert "--write-rules" in result.stderr

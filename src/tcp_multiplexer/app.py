@@ -296,7 +296,10 @@ class App:
                     logger.error("reload: %s; that bridge is not started", exc.strerror)
                     continue
                 running.append(config)
-            elif old.config == config or await self._replace(old, config):
+            elif old.config == config:
+                old.reload_tls()  # renewed certificate files, same names
+                running.append(config)
+            elif await self._replace(old, config):
                 running.append(config)
             else:
                 running.append(old.config)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from tcp_multiplexer.config.model import BridgeConfig
 from tcp_multiplexer.core.dispatch import Dispatcher
@@ -25,25 +26,36 @@ from tcp_multiplexer.core.interfaces import (
     Dispatch,
     Poller,
     PoolEvents,
+    RequestFilter,
     TaskSpawner,
 )
 from tcp_multiplexer.core.pool import PoolSettings, UpstreamPool
 from tcp_multiplexer.core.session import ClientSession
 from tcp_multiplexer.core.upstream import UpstreamConnection
-from tcp_multiplexer.logs import BridgeLog
+from tcp_multiplexer.logs import BridgeLog, format_peer
 from tcp_multiplexer.observability.capture import CaptureRing, Endpoint
 from tcp_multiplexer.observability.clients import ClientDirectory, ClientStats
 from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics, TargetMetrics
-from tcp_multiplexer.options import Address
+from tcp_multiplexer.options import Address, client_address
 from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.protocols.spec import ClientIdentity
 from tcp_multiplexer.transports.tcp import (
     TcpConnector,
     configure_keepalive,
     open_listener,
     socket_name,
 )
+from tcp_multiplexer.transports.tls import (
+    TlsServerProtocol,
+    client_context,
+    peer_identity,
+    server_context,
+)
 
 logger = logging.getLogger("tcp_multiplexer.bridge")
+
+REFUSAL_LOG_EVERY: Final = 60.0
+"""Seconds between two warnings about refused clients of one reason."""
 
 
 def _endpoint(address: Address) -> Endpoint:
@@ -111,10 +123,15 @@ class Bridge:
         self.log = BridgeLog(logger, config.name, prefix=services.names_bridges)
         self._clock = services.clock
         self._poller = services.poller
-        spec = get_spec(config.protocol)
+        spec = self._spec = get_spec(config.protocol)
         options = config.protocol_options
         self._codec: ClientCodec = spec.client_codec(options)
-        events = spec.new_events()
+        events = self._events = spec.new_events()
+        self._server_tls = (
+            server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
+            if config.tls_cert is not None and config.tls_key is not None
+            else None
+        )
         target_metrics = TargetMetrics(events)
         target_codec = spec.target_codec(options, events)
         policy = (
@@ -126,6 +143,9 @@ class Bridge:
             config.target,
             connect_timeout=config.connect_timeout,
             keepalive_idle=config.health_check_interval,
+            ssl=client_context(config.target_ca, config.target_cert, config.target_key)
+            if config.target_tls
+            else None,
         )
         settings = PoolSettings(
             max_connections=config.max_connections,
@@ -209,6 +229,7 @@ class Bridge:
         )
         """Every target the bridge serves from (one per route)."""
         self._session_count = 0
+        self._refusals_logged: dict[str, float] = {}
         self._servers: list[asyncio.Server] = []
         self._draining = False
 
@@ -227,6 +248,10 @@ class Bridge:
         return self.config.client_backlog
 
     @property
+    def client_idle_timeout(self) -> float:
+        return self.config.client_idle_timeout
+
+    @property
     def poller(self) -> Poller:
         return self._poller
 
@@ -235,10 +260,45 @@ class Bridge:
         return self._clock
 
     def client_connected(self, session: ClientConnection, transport: asyncio.BaseTransport) -> bool:
+        refusal = self._refusal(transport.get_extra_info("peername"))
+        if refusal is not None:
+            self.clients.refused[refusal] += 1
+            self._log_refusal(session.name, refusal)
+            return False
         configure_keepalive(transport, self.config.health_check_interval)
         self._sessions.add(session)
         self.clients.accepted += 1
         return True
+
+    def _refusal(self, peer: object) -> str | None:
+        """Why a client from `peer` may not stay (None: it may)."""
+        allow = self.config.allow
+        if allow:
+            address = client_address(peer)
+            if address is None or not any(address in network for network in allow):
+                return "not-allowed"
+        limit = self.config.max_clients
+        if limit is not None and len(self._sessions) >= limit:
+            return "max-clients"
+        return None
+
+    def _log_refusal(self, name: str, reason: str, detail: str = "") -> None:
+        """A warning, at most one per reason a minute: a scan must not flood the log."""
+        now = self._clock.time()
+        if now - self._refusals_logged.get(reason, float("-inf")) < REFUSAL_LOG_EVERY:
+            return
+        self._refusals_logged[reason] = now
+        why = {
+            "not-allowed": "its address is not allowed",
+            "max-clients": "too many clients",
+            "tls": f"TLS handshake failed: {detail}",
+        }[reason]
+        self.log.warning(
+            "refused %s: %s (further refusals counted, logged again in a minute)",
+            name,
+            why,
+            extra={"client": name.split(" ", 2)[-1], "reason": reason},
+        )
 
     def client_disconnected(self, session: ClientConnection) -> None:
         self._sessions.discard(session)
@@ -288,17 +348,71 @@ class Bridge:
             self._servers.clear()
             raise
         self.pool.start()
+        config = self.config
+        security = ""
+        if config.tls_cert is not None:
+            security = ", mutual TLS" if config.tls_client_ca is not None else ", TLS"
         self.log.notice(
-            "listening on %s (%s), target %s, up to %d target connection(s)",
+            "listening on %s (%s%s), target %s%s, up to %d target connection(s)",
             ", ".join(self.sockets),
-            self.config.protocol,
+            config.protocol,
+            security,
             self.connector.target,
-            self.config.max_connections,
+            " over TLS" if config.target_tls else "",
+            config.max_connections,
         )
 
-    def _new_session(self) -> ClientSession:
+    def _new_session(self) -> asyncio.Protocol:
         self._session_count += 1
-        return ClientSession(self, self._session_count)
+        session = ClientSession(self, self._session_count)
+        if self._server_tls is None:
+            return session
+        return TlsServerProtocol(
+            self._server_tls,
+            session,
+            precheck=self._tls_precheck,
+            on_failure=self._tls_failed,
+        )
+
+    def _tls_precheck(self, peer: object) -> bool:
+        """Before the handshake: refuse at once what the address alone rules out."""
+        refusal = self._refusal(peer)
+        if refusal is None:
+            return True
+        self.clients.refused[refusal] += 1
+        self._log_refusal(f"client {format_peer(peer)}", refusal)
+        return False
+
+    def _tls_failed(self, peer: object, reason: str) -> None:
+        self.clients.refused["tls"] += 1
+        self._log_refusal(f"client {format_peer(peer)}", "tls", reason)
+
+    def filter_for(self, transport: asyncio.BaseTransport) -> RequestFilter | None:
+        spec = self._spec
+        if spec.client_filter is None:
+            return None
+        tls = peer_identity(transport.get_extra_info("ssl_object"))
+        identity = ClientIdentity(
+            client_address(transport.get_extra_info("peername")), tls.names, tls.roles
+        )
+        return spec.client_filter(self.config.protocol_options, identity, self._events)
+
+    def reload_tls(self) -> None:
+        """Reread the certificates and keys (a reload); a bad one keeps the old, logged."""
+        config = self.config
+        try:
+            if config.tls_cert is not None and config.tls_key is not None:
+                self._server_tls = server_context(
+                    config.tls_cert, config.tls_key, config.tls_client_ca
+                )
+            if config.target_tls and isinstance(self.connector, TcpConnector):
+                self.connector.ssl = client_context(
+                    config.target_ca, config.target_cert, config.target_key
+                )
+        except (OSError, ssl.SSLError) as exc:
+            self.log.error(
+                "reload: cannot reread the certificates (%s); keeping the ones in use", exc
+            )
 
     def stop_accepting(self) -> None:
         """Close the listeners; clients connected stay."""

@@ -63,6 +63,8 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
     what was given."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for option in options:
+        if not option.command_line_too:
+            continue
         group = groups.get(option.group)
         if group is None:
             group = groups[option.group] = parser.add_argument_group(option.group or None)

@@ -14,10 +14,12 @@ not name the option: the caller adds the flag or the key.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, Final
 
 from tcp_multiplexer.errors import ConfigError
@@ -26,14 +28,15 @@ from tcp_multiplexer.errors import ConfigError
 
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
+    "ns": Fraction(1, 10**9),
+    "us": Fraction(1, 10**6),
+    "µs": Fraction(1, 10**6),
+    "ms": Fraction(1, 10**3),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
 }
+"""Exact, so that ``200us`` is the float nearest 0.0002 (and reads back as written)."""
 _PLAIN_NUMBER: Final = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 
 
@@ -47,17 +50,17 @@ def parse_duration(text: str) -> float:
     if _PLAIN_NUMBER.fullmatch(value):
         return float(value)
     position = 0
-    total = 0.0
+    total = Fraction(0)
     for match in _DURATION_PART.finditer(value):
         if match.start() != position:
             break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        total += Fraction(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     if position == 0 or position != len(value):
         raise ConfigError(
             f"invalid duration {text!r}: use seconds (1.5) or units like 500ms, 1s, 1m30s"
         )
-    return total
+    return float(total)
 
 
 def format_duration(seconds: float) -> str:
@@ -227,6 +230,31 @@ def local_listen_value(value: object) -> Address:
     return address if address.host else Address("127.0.0.1", address.port)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network_value(value: object) -> Network:
+    """An address range: ``192.168.1.0/24``, ``fd00::/8``, or one address."""
+    text = _string(value, "CIDR")
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an address or an address range (CIDR)") from None
+
+
+def client_address(peer: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's IP address from a socket's peer name (IPv4-mapped IPv6 as IPv4)."""
+    if not isinstance(peer, tuple) or not peer:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 # ---------------------------------------------------------------------------- options
 
 
@@ -263,6 +291,10 @@ class Option:
     """For global options: the config file table it sits in (``logging``)."""
     file_key: str = ""
     """The key inside `table`, when it differs from `key` (``[metrics] listen``)."""
+    command_line_too: bool = True
+    """False for what only a config file can say (tables of rules)."""
+    render: Callable[[Any], str] | None = None
+    """The value as TOML, for what is not a plain value (tables of rules)."""
 
     @property
     def field(self) -> str:
@@ -279,8 +311,8 @@ class Option:
         Raises:
             ConfigError: with this option as its key.
         """
-        if value is None:
-            return None  # an option that is off by default and was not given
+        if value is None:  # an option that is off by default and was not given
+            return () if self.repeatable else None
         try:
             if self.parse is None:
                 return flag_value(value)

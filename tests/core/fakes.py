@@ -18,6 +18,7 @@ from tcp_multiplexer.core.interfaces import (
     PoolEvents,
     Request,
     RequestOwner,
+    RequestState,
     TargetConnection,
 )
 from tcp_multiplexer.core.poller import Poller
@@ -119,10 +120,17 @@ class RecordingDispatch:
 
     def __init__(self) -> None:
         self.submitted: list[Request] = []
+        self.answered_here: list[Request] = []
         self.closed_owners: list[RequestOwner] = []
 
     def submit(self, request: Request) -> None:
         self.submitted.append(request)
+
+    def answer_here(self, request: Request, answer: bytes) -> None:
+        self.answered_here.append(request)
+        request.state = RequestState.DONE
+        request.answer = answer
+        request.owner.request_done(request)
 
     def begin_batch(self) -> None: ...
 
@@ -139,6 +147,7 @@ class FakeHost:
         self.codec = codec
         self.clock = clock
         self.client_backlog = backlog
+        self.client_idle_timeout = 0.0
         self.dispatch: Dispatch = RecordingDispatch()
         self.poller = Poller(clock, 0.0)
         self.log = LOG
@@ -154,4 +163,7 @@ class FakeHost:
             self.connected.remove(session)
 
     def counters_for(self, peer: object) -> None:
+        return None
+
+    def filter_for(self, transport: Any) -> None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from typing import Final
 
@@ -10,11 +11,13 @@ import pytest
 
 from tcp_multiplexer.core.interfaces import Request
 from tcp_multiplexer.protocols.modbus import SPEC
+from tcp_multiplexer.protocols.modbus.access import client_filter
 from tcp_multiplexer.protocols.modbus.cache import ReadKey
 from tcp_multiplexer.protocols.modbus.codec import ModbusTargetCodec
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key, written_range
 from tcp_multiplexer.protocols.modbus.mbap import build_adu, exception_response
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.spec import ClientIdentity
 from tests.modbus.adu import (
     MASK_WRITE,
     READ_COILS,
@@ -145,13 +148,20 @@ OWNER: Final = NoClient()
 
 
 class Gateway:
-    """The policy driven as the dispatcher drives it, with the target codec decoding the
+    """The policy driven as a session and the dispatcher drive it: the client's write
+    filter first (read-only, write rules), then the policy; the target codec decodes the
     device's answers first, as a target connection does."""
 
     def __init__(self, options: ModbusOptions) -> None:
         self._events = SPEC.new_events()
         self.policy = ModbusGatewayPolicy(options, self._events, asyncio.get_running_loop())
         self._codec = ModbusTargetCodec(events=self._events)
+        self._filter = client_filter(
+            options.write_rules,
+            options.read_only,
+            ClientIdentity(ipaddress.ip_address("127.0.0.1")),
+            self._events,
+        )
 
     @property
     def events(self) -> Counter[str]:
@@ -160,6 +170,10 @@ class Gateway:
 
     def admit(self, payload: bytes) -> tuple[bytes | None, Request]:
         request = Request(OWNER, payload, 0.0)
+        if self._filter is not None:
+            refused = self._filter.refusal(payload)
+            if refused is not None:
+                return refused, request
         return self.policy.admit(request), request
 
     def local_reply(self, payload: bytes) -> bytes | None:

@@ -8,6 +8,7 @@ says where the value came from.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from tcp_multiplexer.config.schema import BRIDGE_OPTIONS, GLOBAL_OPTIONS, protoc
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Option, index_options
 from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.transports.tls import client_context, server_context
 
 _BRIDGE: dict[str, Option] = index_options(BRIDGE_OPTIONS)
 _GLOBAL: dict[str, Option] = index_options(GLOBAL_OPTIONS)
@@ -46,7 +48,50 @@ def build_bridge(values: Mapping[str, object]) -> BridgeConfig:
     read = _read(known, values)
     options = spec.make_options({option.field: read[option.field] for option in spec.options})
     core = {option.field: read[option.field] for option in BRIDGE_OPTIONS}
-    return BridgeConfig(**core, protocol_options=options)
+    bridge = BridgeConfig(**core, protocol_options=options)
+    check_tls_files(bridge)
+    return bridge
+
+
+def check_tls_files(bridge: BridgeConfig) -> None:
+    """Read the bridge's certificates and keys once, so a bad one is a config error
+    naming its setting.
+
+    Raises:
+        ConfigError: a file cannot be read, or does not hold a certificate or key.
+    """
+    files = (
+        ("tls-cert", bridge.tls_cert),
+        ("tls-key", bridge.tls_key),
+        ("tls-client-ca", bridge.tls_client_ca),
+        ("target-ca", bridge.target_ca),
+        ("target-cert", bridge.target_cert),
+        ("target-key", bridge.target_key),
+    )
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", key=key) from None
+    try:
+        if bridge.tls_cert is not None and bridge.tls_key is not None:
+            server_context(bridge.tls_cert, bridge.tls_key, bridge.tls_client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use it: {_tls_reason(exc)}", key="tls-cert") from None
+    try:
+        if bridge.target_tls:
+            client_context(bridge.target_ca, bridge.target_cert, bridge.target_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use it: {_tls_reason(exc)}", key="target-tls") from None
+
+
+def _tls_reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return str(exc.strerror or exc)
 
 
 def _unknown_key(key: str, protocol: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.options import Address, parse_listen, parse_target
+from tcp_multiplexer.options import Address, Network, parse_listen, parse_target
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.protocols.spec import ProtocolName
 
@@ -66,6 +66,24 @@ class BridgeConfig:
     """Minimum pause between two requests on one target connection."""
     max_idle: float = 0.0
     """Close a target connection idle this long (0 = never); reopened on demand."""
+    allow: tuple[Network, ...] = ()
+    """Client address ranges let in (empty: everyone)."""
+    max_clients: int | None = None
+    """Clients connected at once, at most (None: no limit)."""
+    client_idle_timeout: float = 0.0
+    """Close a client that sends nothing this long (0: never; quiet clients stay)."""
+    tls_cert: str | None = None
+    """Listen with TLS: this certificate (PEM), with `tls_key`."""
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+    target_tls: bool = False
+    """Connect to the target with TLS."""
+    target_ca: str | None = None
+    """The CA the target's certificate must be signed by (default: the system's)."""
+    target_cert: str | None = None
+    """A client certificate to present to the target, with `target_key`."""
+    target_key: str | None = None
     protocol_options: Any = None
     """The protocol's own options object (ModbusOptions...); None: its defaults."""
 
@@ -96,6 +114,7 @@ class BridgeConfig:
             ("health-check-interval", self.health_check_interval),
             ("request-gap", self.request_gap),
             ("max-idle", self.max_idle),
+            ("client-idle-timeout", self.client_idle_timeout),
         ):
             if value < 0:
                 raise ConfigError("must not be negative", key=key)
@@ -111,6 +130,17 @@ class BridgeConfig:
             raise ConfigError(f"must be at most {MAX_INFLIGHT_LIMIT}", key="max-inflight")
         if self.target.port == 0:
             raise ConfigError("the port must not be 0", key="target")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("goes with tls-key: give both", key="tls-cert")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("needs tls-cert and tls-key to listen with", key="tls-client-ca")
+        if (self.target_cert is None) != (self.target_key is None):
+            raise ConfigError("goes with target-key: give both", key="target-cert")
+        if not self.target_tls and (self.target_ca or self.target_cert):
+            raise ConfigError(
+                "is for target-tls: turn it on",
+                key="target-ca" if self.target_ca else "target-cert",
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ from tcp_multiplexer.protocols.registry import get_spec
 
 def _value(option: Option, value: Any) -> str:
     """`value` of `option` as TOML."""
+    if option.render is not None:
+        return option.render(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if option.parse is duration_value:

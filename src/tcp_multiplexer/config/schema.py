@@ -15,6 +15,7 @@ from tcp_multiplexer.options import (
     duration_value,
     listen_value,
     local_listen_value,
+    network_value,
     target_value,
     text_value,
 )
@@ -39,6 +40,8 @@ TARGET_GROUP: Final = "target and listener (as in the reference)"
 TIMING_GROUP: Final = "timing (durations: plain seconds like 1.5, or 500ms, 1s, 1m30s)"
 POOL_GROUP: Final = "connections and queueing"
 LOG_GROUP: Final = "logging"
+ACCESS_GROUP: Final = "who may connect"
+TLS_GROUP: Final = "TLS (certificates and keys are reread on SIGHUP)"
 OBSERVE_GROUP: Final = "metrics, health, status page and capture"
 
 BRIDGE_OPTIONS: Final = (
@@ -167,6 +170,91 @@ BRIDGE_OPTIONS: Final = (
         0.0,
         metavar="DURATION",
         group=POOL_GROUP,
+    ),
+    Option(
+        "allow",
+        "let in only clients from this address or range (CIDR, IPv4 or IPv6); repeat it for "
+        "several; others are closed at once, logged and counted (default: everyone)",
+        network_value,
+        None,
+        metavar="CIDR",
+        repeatable=True,
+        group=ACCESS_GROUP,
+    ),
+    Option(
+        "max-clients",
+        "refuse connections past N clients at once (default: no limit)",
+        count_value(1),
+        None,
+        metavar="N",
+        group=ACCESS_GROUP,
+    ),
+    Option(
+        "client-idle-timeout",
+        "close a client that sends nothing this long (default: 0 = never: quiet pollers "
+        "keep their connection)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=ACCESS_GROUP,
+    ),
+    Option(
+        "tls-cert",
+        "listen with TLS (Modbus/TCP Security, HTTPS...): this certificate, PEM; with "
+        "--tls-key; TLS 1.2 or newer",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
+    ),
+    Option(
+        "tls-key",
+        "the private key of --tls-cert, PEM",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
+    ),
+    Option(
+        "tls-client-ca",
+        "require client certificates signed by this CA (mutual TLS); the write rules can "
+        "then match a certificate's names and Modbus role",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
+    ),
+    Option(
+        "target-tls",
+        "connect to the target with TLS (devices and gateways that speak Modbus/TCP "
+        "Security themselves)",
+        None,
+        False,
+        group=TLS_GROUP,
+    ),
+    Option(
+        "target-ca",
+        "the CA the target's certificate must be signed by (default: the system's CAs)",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
+    ),
+    Option(
+        "target-cert",
+        "a client certificate to present to the target, PEM; with --target-key",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
+    ),
+    Option(
+        "target-key",
+        "the private key of --target-cert, PEM",
+        text_value,
+        None,
+        metavar="FILE",
+        group=TLS_GROUP,
     ),
     Option(
         "max-idle",

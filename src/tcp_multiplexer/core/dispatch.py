@@ -288,6 +288,17 @@ class Dispatcher:
             self.fail(request, FailureReason.UNAVAILABLE)
         self._resume_paused()
 
+    def answer_here(self, request: Request, answer: bytes) -> None:
+        """Answer `request` with `answer` without the target (a refused write),
+        counted and recorded as a local answer."""
+        self.unanswered += 1
+        metrics = self._metrics
+        metrics.requests += 1
+        metrics.local_answers += 1
+        if self._record is not None:
+            self._record(request, answer, "local", request.submitted_at)
+        self._deliver(request, answer, False)
+
     def owner_closed(self, owner: RequestOwner) -> None:
         """A client left: its waiting requests are dropped, never sent.
 

@@ -350,6 +350,11 @@ class Dispatch(Protocol):
         """Take a new request: answer it locally, coalesce it, send it, or queue it."""
         ...
 
+    def answer_here(self, request: Request, answer: bytes) -> None:
+        """Answer `request` with `answer` without the target (a refused write),
+        counted and recorded as a local answer."""
+        ...
+
     def begin_batch(self) -> None:
         """Several requests follow: hold their writes per connection until end_batch()."""
         ...
@@ -484,6 +489,14 @@ class ClientConnection(RequestOwner, Protocol):
         ...
 
 
+class RequestFilter(Protocol):
+    """What one client may ask: a request it may not is answered by the multiplexer."""
+
+    def refusal(self, request: bytes) -> bytes | None:
+        """The answer refusing `request` (it is never sent), or None to let it through."""
+        ...
+
+
 class LatencyObserver(Protocol):
     def observe(self, seconds: float) -> None: ...
 
@@ -494,6 +507,7 @@ class ClientCounters(Protocol):
     connections: int
     requests: int
     errors: int
+    refused: int
     last_seen: float
 
     @property
@@ -514,6 +528,11 @@ class SessionHost(Protocol):
     @property
     def client_backlog(self) -> int:
         """Requests one client may have outstanding before it is not read from."""
+        ...
+
+    @property
+    def client_idle_timeout(self) -> float:
+        """Close a client that sends nothing this long (0: never)."""
         ...
 
     @property
@@ -538,6 +557,10 @@ class SessionHost(Protocol):
 
     def counters_for(self, peer: object) -> ClientCounters | None:
         """Where a session from `peer` counts what it does (None: nowhere)."""
+        ...
+
+    def filter_for(self, transport: asyncio.BaseTransport) -> RequestFilter | None:
+        """What the client on `transport` may not ask (None: it may ask anything)."""
         ...
 
 

@@ -199,7 +199,6 @@ class UpstreamPool:
                     )
                 except (OSError, TimeoutError) as exc:
                     slot.busy_connecting = False
-                    metrics.connect_failures += 1
                     delay = backoff.next_delay()
                     self._attempt_failed(exc, delay, first=backoff.attempts == 1)
                     await self._back_off(slot, delay)
@@ -268,6 +267,7 @@ class UpstreamPool:
             slot.backing_off = False
 
     def _attempt_failed(self, exc: BaseException, delay: float, *, first: bool) -> None:
+        self._metrics.connect_failures += 1
         self._last_attempt_failed = True
         self.last_error = str(exc) or type(exc).__name__
         if not self._connections:

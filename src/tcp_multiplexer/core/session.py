@@ -17,8 +17,10 @@ from tcp_multiplexer.core.interfaces import (
     ClientCounters,
     LatencyObserver,
     Request,
+    RequestFilter,
     RequestState,
     SessionHost,
+    TimerHandle,
 )
 from tcp_multiplexer.errors import FramingError
 from tcp_multiplexer.logs import format_peer, hex_dump
@@ -44,14 +46,19 @@ class ClientSession(asyncio.Protocol):
         "_debug",
         "_dispatch",
         "_eof",
+        "_filter",
         "_framer",
         "_host",
+        "_idle",
+        "_idle_timer",
         "_interim",
+        "_last_data",
         "_log",
         "_outstanding",
         "_paused",
         "_pending_interim",
         "_poller",
+        "_refusals",
         "_stats",
         "_timed",
         "_transport",
@@ -75,6 +82,13 @@ class ClientSession(asyncio.Protocol):
         self.peer: object = None
         """The client's address as the socket gives it (a (host, port) tuple for TCP)."""
         self._transport: asyncio.Transport | None = None
+        self._refusals = 0
+        self._idle = host.client_idle_timeout
+        self._idle_timer: TimerHandle | None = None
+        self._last_data = 0.0
+        """Clock time of the client's last bytes (kept only with an idle timeout)."""
+        self._filter: RequestFilter | None = None
+        """What this client may not ask (write rules); None: anything."""
         self._stats: ClientCounters | None = None
         self._timed: LatencyObserver | None = None
         """Where each answer's latency goes, if this client's address is timed."""
@@ -98,6 +112,10 @@ class ClientSession(asyncio.Protocol):
             self._closing = True
             self._transport.abort()
             return
+        if self._idle:
+            self._last_data = self._clock.time()
+            self._idle_timer = self._clock.call_later(self._idle, self._idle_check)
+        self._filter = self._host.filter_for(transport)
         stats = self._stats = self._host.counters_for(self.peer)
         if stats is not None:
             stats.connections += 1
@@ -130,6 +148,8 @@ class ClientSession(asyncio.Protocol):
             return
         now = self._clock.time()
         self._poller.touch(now)
+        if self._idle:
+            self._last_data = now
         stats = self._stats
         if stats is not None:
             stats.requests += len(messages)
@@ -140,7 +160,7 @@ class ClientSession(asyncio.Protocol):
             # served: the client is closed once it is answered.
             del messages[closing + 1 :]
             self._eof = True
-        if len(messages) == 1:
+        if len(messages) == 1 and self._filter is None:
             # _submit(), inlined for the usual single request.
             payload = messages[0]
             if self._debug:
@@ -183,7 +203,27 @@ class ClientSession(asyncio.Protocol):
         if closes_target:
             request.closes_target = True
         self._outstanding.append(request)
+        if self._filter is not None:
+            refused = self._filter.refusal(payload)
+            if refused is not None:
+                self._refuse(request, refused)
+                return
         self._dispatch.submit(request)
+
+    def _refuse(self, request: Request, answer: bytes) -> None:
+        """Answer `request` here, in its turn: the client may not ask it."""
+        if self._stats is not None:
+            self._stats.refused += 1
+        self._log.log(
+            logging.WARNING if self._refusals == 0 else logging.INFO,
+            "%s may not ask that: refused it (%s)%s",
+            self.name,
+            hex_dump(request.payload[:16]),
+            "; further refusals are logged at info level" if self._refusals == 0 else "",
+            extra={"client": format_peer(self.peer), "reason": "refused by the write rules"},
+        )
+        self._refusals += 1
+        self._dispatch.answer_here(request, answer)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -194,7 +234,23 @@ class ClientSession(asyncio.Protocol):
         # Half-close: the client sent everything; answer what is outstanding, then close.
         return bool(self._outstanding)
 
+    def _idle_check(self) -> None:
+        """Close the client if it sent nothing for the idle timeout and waits for nothing."""
+        self._idle_timer = None
+        if self._closing:
+            return
+        quiet = self._clock.time() - self._last_data
+        if quiet >= self._idle and not self._outstanding:
+            self._log.info("%s sent nothing for %.3gs; closing it", self.name, self._idle)
+            self._close()
+            return
+        wait = self._idle - quiet if quiet < self._idle else self._idle
+        self._idle_timer = self._clock.call_later(wait, self._idle_check)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.closed = True
         self._closing = True
         if self._stats is not None:

@@ -23,7 +23,7 @@ OTHER: Final = "other"
 class ClientStats:
     """One client address's counters (every connection from it together)."""
 
-    __slots__ = ("address", "connections", "errors", "last_seen", "latency", "requests")
+    __slots__ = ("address", "connections", "errors", "last_seen", "latency", "refused", "requests")
 
     def __init__(self, address: str, *, timed: bool) -> None:
         self.address = address
@@ -32,6 +32,8 @@ class ClientStats:
         self.requests = 0
         self.errors = 0
         """Connections closed for sending what cannot be framed."""
+        self.refused = 0
+        """Requests refused by the write rules (answered, never sent)."""
         self.last_seen = 0.0
         """Loop time of its last request (or connect)."""
         self.latency = LatencyHistogram() if timed else None

@@ -15,14 +15,31 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from tcp_multiplexer.core.interfaces import ClientCodec, Clock, GatewayPolicy, TargetCodec
+from tcp_multiplexer.core.interfaces import (
+    ClientCodec,
+    Clock,
+    GatewayPolicy,
+    RequestFilter,
+    TargetCodec,
+)
 from tcp_multiplexer.options import Option
 from tcp_multiplexer.protocols.responder import Responder
 
 EventCounts = Counter[str]
 """A protocol's event counters by name; every declared name starts at 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """Who a client is, as far as the multiplexer can tell: its address and, with mutual
+    TLS, its certificate's names and Modbus/TCP Security roles."""
+
+    address: IPv4Address | IPv6Address | None
+    names: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
 
 
 class ProtocolName(StrEnum):
@@ -61,6 +78,8 @@ class ProtocolSpec:
     option_values: Callable[[Any], Mapping[str, Any]] = lambda options: {}
     """The options object's settings by option key, as `make_options` takes them
     (check-config prints them)."""
+    client_filter: Callable[[Any, ClientIdentity, EventCounts], RequestFilter | None] | None = None
+    """What a client may ask (write rules): a filter per client, or None for all."""
 
     def default_options(self) -> Any:
         """The options object with every option at its default."""

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -172,8 +173,16 @@ class TargetServer:
     Use as ``async with TargetServer(config) as target:`` or with `start()` / `stop()`.
     """
 
-    def __init__(self, config: TargetConfig, responder: Responder | None = None) -> None:
+    def __init__(
+        self,
+        config: TargetConfig,
+        responder: Responder | None = None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """`ssl_context`: serve over TLS (a device speaking Modbus/TCP Security)."""
         self.config: Final = config
+        self._ssl = ssl_context
         self.responder: Final = (
             responder if responder is not None else make_responder(config.protocol)
         )
@@ -309,7 +318,7 @@ class TargetServer:
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
         listener = await loop.create_server(
-            lambda: _TargetConnection(self), self.config.host or None, self._port
+            lambda: _TargetConnection(self), self.config.host or None, self._port, ssl=self._ssl
         )
         if self._port == 0:
             self._port = listener.sockets[0].getsockname()[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Final
 
@@ -46,12 +47,21 @@ def configure_keepalive(transport: asyncio.BaseTransport, idle_seconds: float) -
 class TcpConnector:
     """Opens TCP connections to one target address."""
 
-    __slots__ = ("_address", "_keepalive", "_timeout")
+    __slots__ = ("_address", "_keepalive", "_timeout", "ssl")
 
-    def __init__(self, address: Address, *, connect_timeout: float, keepalive_idle: float) -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        connect_timeout: float,
+        keepalive_idle: float,
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> None:
         self._address = address
         self._timeout = connect_timeout
         self._keepalive = keepalive_idle
+        self.ssl = ssl
+        """TLS to the target (replaced on a reload that rereads the certificates)."""
 
     @property
     def target(self) -> str:
@@ -69,7 +79,11 @@ class TcpConnector:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._timeout):
             transport, protocol = await loop.create_connection(
-                protocol_factory, self._address.host, self._address.port
+                protocol_factory,
+                self._address.host,
+                self._address.port,
+                ssl=self.ssl,
+                server_hostname=self._address.host if self.ssl is not None else None,
             )
         configure_keepalive(transport, self._keepalive)
         return transport, protocol

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from tcp_multiplexer.protocols.modbus import access
+from tcp_multiplexer.protocols.modbus.access import WriteFilter
 from tcp_multiplexer.protocols.modbus.codec import client_codec, target_codec
 from tcp_multiplexer.protocols.modbus.device import ModbusDevice
 from tcp_multiplexer.protocols.modbus.gateway import gateway_policy
@@ -14,7 +16,7 @@ from tcp_multiplexer.protocols.modbus.options import (
     make_options,
     option_values,
 )
-from tcp_multiplexer.protocols.spec import ProtocolName, ProtocolSpec
+from tcp_multiplexer.protocols.spec import ClientIdentity, EventCounts, ProtocolName, ProtocolSpec
 
 EVENTS: Final = (
     "cache_hits",
@@ -22,11 +24,20 @@ EVENTS: Final = (
     "writes_refused",
     "device_exceptions",
     "exceptions_sent_0x01",
+    "exceptions_sent_0x02",
     "exceptions_sent_0x06",
     "exceptions_sent_0x0a",
     "exceptions_sent_0x0b",
 )
 """What the Modbus codecs and policy count, besides the core's own counters."""
+
+
+def client_filter(
+    options: ModbusOptions, identity: ClientIdentity, events: EventCounts
+) -> WriteFilter | None:
+    """What a client may write: its rule, or `read-only` for everyone."""
+    return access.client_filter(options.write_rules, options.read_only, identity, events)
+
 
 SPEC = ProtocolSpec(
     name=ProtocolName.MODBUS,
@@ -38,6 +49,7 @@ SPEC = ProtocolSpec(
     make_options=make_options,
     option_values=option_values,
     gateway_policy=gateway_policy,
+    client_filter=client_filter,
     events=EVENTS,
 )
 

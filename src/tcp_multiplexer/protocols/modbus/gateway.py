@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tcp_multiplexer.core.interfaces import Clock, Request
 from tcp_multiplexer.protocols.modbus.cache import ReadCache, ReadKey
 from tcp_multiplexer.protocols.modbus.mbap import (
     EXCEPTION_FLAG,
     MBAP_HEADER_SIZE,
-    ExceptionCode,
     FunctionCode,
-    exception_response,
 )
-from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 
 # Plain ints, not FunctionCode members: a set lookup then compares ints with ints.
+if TYPE_CHECKING:  # options.py imports this module (through the write rules)
+    from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+
 READ_FUNCTIONS: Final = frozenset(
     int(code)
     for code in (
@@ -98,10 +98,9 @@ class ModbusGatewayPolicy:
     follows; and its answer is cached only if no write to the unit came in between.
     """
 
-    __slots__ = ("_cache", "_clock", "_events", "_generation", "_read_only", "coalescing")
+    __slots__ = ("_cache", "_clock", "_events", "_generation", "coalescing")
 
     def __init__(self, options: ModbusOptions, events: Counter[str], clock: Clock) -> None:
-        self._read_only = options.read_only
         self.coalescing = options.coalesce
         self._cache = ReadCache(options.cache_ttl) if options.cache_ttl > 0 else None
         self._events = events
@@ -113,10 +112,7 @@ class ModbusGatewayPolicy:
         payload = request.payload
         function = payload[7]
         if function in WRITE_FUNCTIONS:
-            if self._read_only:
-                self._events["writes_refused"] += 1
-                self._events["exceptions_sent_0x01"] += 1
-                return exception_response(payload, ExceptionCode.ILLEGAL_FUNCTION)
+            # Refused writes never come this far: the client's write filter answered them.
             self._written(payload)
             request.observed = True
             return None

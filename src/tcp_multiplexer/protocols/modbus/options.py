@@ -8,6 +8,7 @@ from typing import Any, Final
 
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Option, duration_value
+from tcp_multiplexer.protocols.modbus.access import WriteRule, rules_toml, rules_value
 
 GROUP: Final = "modbus gateway"
 
@@ -20,6 +21,9 @@ class ModbusOptions:
     coalesce: bool = True
     cache_ttl: float = 0.0
     read_only: bool = False
+    write_rules: tuple[WriteRule, ...] = ()
+    """Who may write what, first match wins (config file only); empty: `read_only`
+    for everyone."""
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
@@ -58,6 +62,16 @@ OPTIONS: Final = (
         False,
         group=GROUP,
     ),
+    Option(
+        "write-rules",
+        "who may write what, matched on the client's address or certificate, first match "
+        "wins (config file only; see docs/security.md)",
+        rules_value,
+        (),
+        group=GROUP,
+        command_line_too=False,
+        render=rules_toml,
+    ),
 )
 
 
@@ -72,6 +86,7 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         coalesce=not values["no_coalesce"],
         cache_ttl=values["cache_ttl"],
         read_only=values["read_only"],
+        write_rules=values["write_rules"],
     )
 
 
@@ -82,4 +97,5 @@ def option_values(options: ModbusOptions) -> dict[str, Any]:
         "no-coalesce": not options.coalesce,
         "cache-ttl": options.cache_ttl,
         "read-only": options.read_only,
+        "write-rules": options.write_rules,
     }
