@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
 
@@ -76,7 +77,28 @@ def answer_bytes(protocol: str, wire: bytes) -> bytes:
     return wire
 
 
-async def measure(protocol: str, clients: int, requests: int) -> float:
+@dataclass(frozen=True, slots=True)
+class Observing:
+    """What observability runs during a measurement (issue 11's cost goals)."""
+
+    metrics: bool = False
+    """The metrics listener on (clients' addresses counted)."""
+    scrape_every: int = 0
+    """Render /metrics every this many requests (0: never)."""
+    capture: int = 0
+    """Transactions each bridge keeps (0: no capture)."""
+
+    def argv(self) -> list[str]:
+        return [
+            *(["--metrics"] if self.metrics else []),
+            *(["--scrape-every", str(self.scrape_every)] if self.scrape_every else []),
+            *(["--capture", str(self.capture)] if self.capture else []),
+        ]
+
+
+async def measure(
+    protocol: str, clients: int, requests: int, observing: Observing = Observing()
+) -> float:
     """Seconds per request for `requests` answered requests."""
     connector = MemoryConnector(record=False)
     bridge_config = BridgeConfig(
@@ -85,8 +107,14 @@ async def measure(protocol: str, clients: int, requests: int) -> float:
         target=UNUSED_TARGET,
         listen=(Address("127.0.0.1", 0),),
     )
+    metrics_listen = Address("127.0.0.1", 0) if observing.metrics or observing.capture else None
     app = App(
-        AppConfig(bridges=(bridge_config,), metrics_interval=0),
+        AppConfig(
+            bridges=(bridge_config,),
+            metrics_interval=0,
+            metrics_listen=metrics_listen,
+            capture=observing.capture,
+        ),
         connector_for=lambda config: connector,
     )
     await app.start()
@@ -107,11 +135,16 @@ async def measure(protocol: str, clients: int, requests: int) -> float:
     try:
         for index, session in enumerate(sessions):
             session.data_received(request_bytes(protocol, index, 0))
+        scrape_every = observing.scrape_every
+        listener = app.observability
         started = time.perf_counter()
         for sequence in range(1, requests + 1):
             connection.data_received(answer_bytes(protocol, target.last))
             index = answered.pop()
             sessions[index].data_received(request_bytes(protocol, index, sequence))
+            if scrape_every and listener is not None and not sequence % scrape_every:
+                # What a Prometheus scrape costs the loop: the collector and the text.
+                listener.routes.answer(b"GET", b"/metrics")
         elapsed = time.perf_counter() - started
     finally:
         await app.stop(grace=0.0)
@@ -120,20 +153,24 @@ async def measure(protocol: str, clients: int, requests: int) -> float:
     return elapsed / requests
 
 
-def run_loop(protocol: str, clients: int, requests: int) -> float:
+def run_loop(
+    protocol: str, clients: int, requests: int, observing: Observing = Observing()
+) -> float:
     try:
         import uvloop
     except ImportError:  # the event loop asyncio brings is slower, but works
-        return asyncio.run(measure(protocol, clients, requests))
-    return uvloop.run(measure(protocol, clients, requests))
+        return asyncio.run(measure(protocol, clients, requests, observing))
+    return uvloop.run(measure(protocol, clients, requests, observing))
 
 
-def instructions(protocol: str, clients: int, requests: int) -> int:
+def instructions(
+    protocol: str, clients: int, requests: int, observing: Observing = Observing()
+) -> int:
     """Instructions callgrind counts for one run of this script with `requests`."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "callgrind.out"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
-        argv += [__file__, "--one", protocol, str(clients), str(requests)]
+        argv += [__file__, "--one", protocol, str(clients), str(requests), *observing.argv()]
         # A fixed hash seed: dict and set layouts, and so the instructions, repeat exactly.
         env = dict(os.environ, PYTHONHASHSEED="0")
         subprocess.run(argv, check=True, capture_output=True, timeout=600, env=env)
@@ -154,14 +191,28 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="also count instructions per request under valgrind (slow: about a minute)",
     )
     parser.add_argument("--one", nargs=3, metavar=("PROTOCOL", "CLIENTS", "N"), help="internal")
+    parser.add_argument(
+        "--metrics", action="store_true", help="with the metrics listener on (clients counted)"
+    )
+    parser.add_argument(
+        "--scrape-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="render /metrics every N requests, as a Prometheus scrape would (0: never)",
+    )
+    parser.add_argument(
+        "--capture", type=int, default=0, metavar="N", help="keep the last N transactions"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    observing = Observing(args.metrics, args.scrape_every, args.capture)
     if args.one:
         protocol, clients, requests = args.one
-        run_loop(protocol, int(clients), int(requests))
+        run_loop(protocol, int(clients), int(requests), observing)
         return 0
     protocols = [name for name in args.protocols.split(",") if name]
     unknown = [name for name in protocols if name not in PROTOCOLS]
@@ -179,12 +230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|" + ("---|" if args.instructions else ""))
     for protocol in protocols:
         for clients in counts:
-            seconds = min(run_loop(protocol, clients, args.requests) for _ in range(3))
+            seconds = min(run_loop(protocol, clients, args.requests, observing) for _ in range(3))
             row = f"| {protocol} | {clients} | {seconds * 1e6:.2f} |"
             if args.instructions:
                 few, many = 1_000, 6_000
                 per_request = (
-                    instructions(protocol, clients, many) - instructions(protocol, clients, few)
+                    instructions(protocol, clients, many, observing)
+                    - instructions(protocol, clients, few, observing)
                 ) / (many - few)
                 row += f" {per_request:,.0f} |"
             print(row, flush=True)

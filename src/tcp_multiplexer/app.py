@@ -241,6 +241,7 @@ class App:
         except OSError as exc:
             raise OSError(exc.errno, f"bridge {config.name!r}: {exc.strerror or exc}") from exc
         self.bridges[config.name] = bridge
+        self.history.begin(config.name, bridge, self._clock.time())
         return bridge
 
     async def remove_bridge(self, name: str, grace: float | None = None) -> None:
@@ -341,6 +342,7 @@ class App:
                 await old.resume_accepting()
             return False
         self.bridges[config.name] = new
+        self.history.begin(config.name, new, self._clock.time())
         if not overlap:
             old.stop_accepting()
         old.log.log(NOTICE, "replaced by the reload; draining")

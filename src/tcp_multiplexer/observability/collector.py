@@ -169,7 +169,7 @@ class BridgeCollector(Collector):
             "target_reconnects", "Target connections lost unexpectedly (not closed as planned)."
         )
         requests = counter("requests", "Requests from clients.")
-        answers = counter("answers", "Answers from the target, per client.")
+        answers = counter("answers", "Answers from the target.")
         local = counter(
             "local_answers", "Answers given without the target (cache, refused writes)."
         )
@@ -241,6 +241,11 @@ class BridgeCollector(Collector):
         connected = GaugeMetricFamily(
             PREFIX + "client_connections", "Connections open now per client address.", labels=labels
         )
+        refused = CounterMetricFamily(
+            PREFIX + "client_requests_refused",
+            "Requests per client address refused by the write rules.",
+            labels=labels,
+        )
         latency = _histogram(
             "client_latency_seconds", "Request to answer, per client address.", labels
         )
@@ -251,7 +256,8 @@ class BridgeCollector(Collector):
                 key = [bridge.name, client.address]
                 requests.add_metric(key, client.requests)
                 errors.add_metric(key, client.errors)
+                refused.add_metric(key, client.refused)
                 connected.add_metric(key, client.connections)
                 if client.latency is not None:
                     _add_histogram(latency, key, client.latency)
-        yield from (requests, errors, connected, latency)
+        yield from (requests, errors, refused, connected, latency)

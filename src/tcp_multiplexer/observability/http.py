@@ -149,6 +149,10 @@ def _head(answer: Answer, *, with_body: bool) -> bytes:
         f"Content-Length: {len(answer.body)}",
         "Cache-Control: no-store",
         "Connection: close",
+        # The page runs only its own script and talks only to this listener.
+        "Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        "X-Content-Type-Options: nosniff",
+        "Referrer-Policy: no-referrer",
         *(f"{name}: {value}" for name, value in answer.headers),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -215,7 +219,8 @@ class ObservabilityListener:
 
     def __init__(self, app: ObservedApp, address: Address) -> None:
         self.address = address
-        self._routes = Routes(app)
+        self.routes = Routes(app)
+        """What each path answers (benchmarks call it without a socket)."""
         self._server: asyncio.Server | None = None
 
     @property
@@ -237,7 +242,7 @@ class ObservabilityListener:
         Raises:
             OSError: the address cannot be listened on.
         """
-        factory: Callable[[], asyncio.Protocol] = lambda: _Exchange(self._routes)  # noqa: E731
+        factory: Callable[[], asyncio.Protocol] = lambda: _Exchange(self.routes)  # noqa: E731
         self._server = await open_listener(factory, self.address)
 
     def close(self) -> None:

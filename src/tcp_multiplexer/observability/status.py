@@ -12,11 +12,16 @@ idle one on purpose, or it gave a good answer within its bridge's timeout. State
                   "target_connections", "max_connections", "last_answer_age_seconds",
                   "last_error", "clients_connected", "clients_accepted", "requests",
                   "answers", "local_answers", "gateway_answers": {reason: count},
-                  "latency_ms": {"mean", "p50", "p99"}  (the last HISTORY_STEP seconds),
+                  "events": {name: count},
+                  "latency_ms": {"mean", "p50", "p99"}  (the last HISTORY_STEP seconds;
+                                null when nothing was answered in it),
                   "clients": [{"address", "connections", "requests", "errors",
                                "last_seen_seconds_ago"}],
                   "history": [{"age_seconds", "requests_per_second", "p50_ms", "p99_ms",
-                               "gateway_answers"}]}]}
+                               "mean_ms", "gateway_answers"}]}]}
+
+A bridge routed to several targets reports its first (its default) in "target",
+"state" and "gateway_answers"; the counts add up all of them.
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ class History:
         self._points: dict[str, deque[dict[str, Any]]] = {}
         self._last: dict[str, tuple[float, MetricsSnapshot]] = {}
 
+    def begin(self, name: str, bridge: Bridge, now: float) -> None:
+        """A bridge (re)started: its first point counts from now, not from the next
+        sample (nor from the bridge it replaced)."""
+        self._last[name] = (now, bridge.metrics.snapshot())
+
     def sample(self, now: float) -> None:
         bridges = self._bridges()
         for name in list(self._points):
@@ -94,13 +104,15 @@ class History:
             then, before = earlier
             window = snapshot.since(before)
             seconds = max(now - then, 1e-9)
+            latency = window.latency
+            answered = latency.count > 0  # a quiet window has no latency, not 0 ms
             self._points.setdefault(name, deque(maxlen=HISTORY_POINTS)).append(
                 {
                     "at": now,
                     "requests_per_second": round(window.requests / seconds, 2),
-                    "p50_ms": round(window.latency.quantile(0.5) * 1e3, 3),
-                    "p99_ms": round(window.latency.quantile(0.99) * 1e3, 3),
-                    "mean_ms": round(window.latency.mean() * 1e3, 3),
+                    "p50_ms": round(latency.quantile(0.5) * 1e3, 3) if answered else None,
+                    "p99_ms": round(latency.quantile(0.99) * 1e3, 3) if answered else None,
+                    "mean_ms": round(latency.mean() * 1e3, 3) if answered else None,
                     "gateway_answers": sum(window.failures.values()),
                 }
             )
