@@ -189,7 +189,12 @@ class Bridge:
             return pool
 
         self.capture = (
-            CaptureRing(config.name, services.capture_size, _endpoint(config.target))
+            CaptureRing(
+                config.name,
+                services.capture_size,
+                _endpoint(config.target),
+                services.clock.time,
+            )
             if services.capture_size
             else None
         )

@@ -20,7 +20,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -79,35 +79,52 @@ def _endpoint(address: object) -> Endpoint | None:
 
 
 class CaptureRing:
-    """A bridge's last `size` transactions (see the module docstring)."""
+    """A bridge's last `size` transactions (see the module docstring).
 
-    def __init__(self, bridge: str, size: int, target: Endpoint | None) -> None:
+    Recording keeps a tuple of what is at hand (the request, the answer, the outcome,
+    the loop time); the `Transaction`, its addresses and its wall-clock time are made
+    only when the capture is read, so the request path pays one append.
+    """
+
+    def __init__(
+        self,
+        bridge: str,
+        size: int,
+        target: Endpoint | None,
+        loop_time: Callable[[], float],
+    ) -> None:
         self.bridge = bridge
         self.size = size
         self._target = target
-        self._ring: deque[Transaction] = deque(maxlen=size)
-        self._now = time.time
+        self._loop_time = loop_time
+        self._ring: deque[tuple[Request, bytes | None, str, float]] = deque(maxlen=size)
         self.recorded = 0
         """Transactions recorded so far (the ring keeps the last `size`)."""
 
     def record(self, request: Request, answer: bytes | None, outcome: str, now: float) -> None:
         """Note how `request` was answered, at loop time `now` (a dispatcher's recorder)."""
         self.recorded += 1
-        self._ring.append(
-            Transaction(
-                time=self._now(),
-                bridge=self.bridge,
-                client=_endpoint(getattr(request.owner, "peer", None)),
-                target=self._target,
-                request=request.payload,
-                answer=answer,
-                latency=max(0.0, now - request.submitted_at),
-                outcome=outcome,
-            )
-        )
+        self._ring.append((request, answer, outcome, now))
 
     def __iter__(self) -> Iterator[Transaction]:
-        return iter(list(self._ring))
+        # Loop time to Unix time, as of now: the two clocks drift apart by far less
+        # than a transaction's latency over a ring's life.
+        wall = time.time() - self._loop_time()
+        return iter(
+            [
+                Transaction(
+                    time=now + wall,
+                    bridge=self.bridge,
+                    client=_endpoint(getattr(request.owner, "peer", None)),
+                    target=self._target,
+                    request=request.payload,
+                    answer=answer,
+                    latency=max(0.0, now - request.submitted_at),
+                    outcome=outcome,
+                )
+                for request, answer, outcome, now in list(self._ring)
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self._ring)
