@@ -1,0 +1,302 @@
+"""Fuzz targets: one function per framer, codec and gateway policy, taking any bytes.
+
+Each target checks the invariant of its piece and fails with an exception other than
+`FramingError` when it does not hold (an AssertionError, or whatever the code under test
+raised by mistake):
+
+- framers: the stream fed whole and fed cut at the places the input chooses gives the
+  same messages, or raises `FramingError` both ways (and again on the next feed); the
+  messages are always the stream's leading bytes, and what is held is what is left,
+  within the framer's limit;
+- codecs: a framed request and answer go through encode, decode, answer_id and every
+  gateway answer, and what comes out frames as exactly one message of the protocol,
+  carrying the ids it should;
+- the Modbus gateway policy: a run of framed requests, answers and gateway answers
+  through the read cache, coalescing keys and a client's write filter; every local
+  answer is a well-formed ADU with the request's transaction id, a cached answer is
+  always an earlier answer to the very same read, and a write the filter refuses is an
+  exception answer to it.
+
+`bench/fuzz.py` runs them under atheris (coverage-guided); tests/fuzz/test_replay.py
+replays the saved corpus under plain pytest. The first bytes of an input steer the
+target (where to cut, which requests are HEAD); the rest is the stream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from itertools import pairwise
+from typing import Final
+
+from tcp_multiplexer.core.interfaces import FailureReason, Framer, Request, ResponseFramer
+from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.protocols.echo.framing import LineFramer
+from tcp_multiplexer.protocols.http.codec import HttpCodec
+from tcp_multiplexer.protocols.http.framing import (
+    HTTP_CONTINUE,
+    HttpRequestFramer,
+    HttpResponseFramer,
+)
+from tcp_multiplexer.protocols.length_prefix import iso8583_framer, mpu_framer
+from tcp_multiplexer.protocols.modbus.access import client_filter, rules_value
+from tcp_multiplexer.protocols.modbus.codec import (
+    LenientModbusTargetCodec,
+    ModbusClientCodec,
+    ModbusTargetCodec,
+)
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    MODBUS_MAX_MESSAGE_SIZE,
+    MbapFramer,
+)
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.spec import ClientIdentity
+
+Target = Callable[[bytes], None]
+MAX_CUTS: Final = 8
+
+
+# ---------------------------------------------------------------------------- framers
+
+
+def _cuts(data: bytes) -> tuple[list[int], bytes]:
+    """(sorted cut offsets, stream): the first byte says how many cuts (0-8), the next
+    ones where (as offsets modulo the stream's length)."""
+    if not data:
+        return [], b""
+    count = data[0] % (MAX_CUTS + 1)
+    positions, stream = data[1 : 1 + count], data[1 + count :]
+    if not stream:
+        return [], stream
+    return sorted({position % len(stream) for position in positions} - {0}), stream
+
+
+def _feed(framer: Framer, chunks: list[bytes], limit: int) -> tuple[bytes, bool]:
+    """Feed `chunks` then EOF, checking the invariants after each call; (the bytes of
+    every message returned, whether a FramingError ended it)."""
+    fed = b""
+    framed = b""
+    try:
+        for chunk in chunks:
+            framed += b"".join(framer.feed(chunk))
+            fed += chunk
+            held = framer.buffered
+            assert held <= limit, f"{held} bytes held, over the limit of {limit}"
+            assert fed.startswith(framed), "a message is not the stream's own bytes"
+            assert len(fed) - len(framed) == held, "held bytes are not what is left"
+            interim = framer.take_interim_reply()
+            assert interim is None or (interim == HTTP_CONTINUE and held), interim
+        framed += b"".join(framer.feed_eof())
+    except FramingError:
+        try:
+            framer.feed(b"")
+        except FramingError:
+            return framed, True
+        raise AssertionError("a framer that raised took more input") from None
+    assert framed == fed, "EOF without a FramingError but bytes were left unframed"
+    return framed, False
+
+
+def check_framer(make: Callable[[], Framer], limit: int, data: bytes) -> None:
+    """The framer invariant (see the module docstring) for one input."""
+    cuts, stream = _cuts(data)
+    whole, whole_failed = _feed(make(), [stream], limit)
+    bounds = [0, *cuts, len(stream)]
+    pieces = [stream[start:end] for start, end in pairwise(bounds)]
+    cut, cut_failed = _feed(make(), pieces, limit)
+    assert whole_failed == cut_failed, f"whole failed: {whole_failed}, cut: {cut_failed}"
+    if not whole_failed:
+        assert whole == cut, "cutting the stream changed its messages"
+
+
+def _http_responses(heads: int) -> ResponseFramer:
+    """A response framer with eight requests outstanding, HEAD where `heads` has a bit."""
+    framer = HttpResponseFramer(max_header_size=256, max_body_size=256)
+    for bit in range(8):
+        method = b"HEAD" if heads >> bit & 1 else b"GET"
+        framer.expect_response(method + b" / HTTP/1.1\r\nHost: x\r\n\r\n")
+    return framer
+
+
+def http_responses(data: bytes) -> None:
+    if not data:
+        return
+    check_framer(partial(_http_responses, data[0]), 512, data[1:])
+
+
+def _framer_target(make: Callable[[], Framer], limit: int) -> Target:
+    return partial(check_framer, make, limit)
+
+
+# ---------------------------------------------------------------------------- codecs
+
+
+def _messages(framer: Framer, data: bytes) -> list[bytes]:
+    try:
+        return framer.feed(data)
+    except FramingError:
+        return []
+
+
+def _one_adu(data: bytes) -> bytes:
+    """`data` must be exactly one well-formed Modbus/TCP ADU; returns it."""
+    framer = MbapFramer()
+    messages = framer.feed(data)
+    assert messages == [data], f"not one ADU: {data.hex()}"
+    return data
+
+
+def modbus_codecs(data: bytes) -> None:
+    """Framed request and answer through both target codecs and the client codec."""
+    messages = _messages(MbapFramer(), data)
+    if len(messages) < 2:
+        return
+    request, answer = messages[0], messages[1]
+    client = ModbusClientCodec()
+    for reason in FailureReason:
+        gateway = _one_adu(client.gateway_answer(request, reason))
+        assert gateway[:2] == request[:2], "a gateway answer keeps the transaction id"
+        assert gateway[6] == request[6], "and the unit id"
+        assert gateway[7] == request[7] | EXCEPTION_FLAG
+    events: Counter[str] = Counter()
+    for codec in (ModbusTargetCodec(events=events), LenientModbusTargetCodec(events=events)):
+        wire_id = int.from_bytes(answer[:2], "big")
+        sent = _one_adu(codec.encode(request, wire_id))
+        assert sent[2:] == request[2:], "only the transaction id changes"
+        assert codec.answer_id(answer) == wire_id
+        back = _one_adu(codec.decode(request, answer))
+        assert back[:2] == request[:2], "the client gets its own transaction id back"
+        assert back[6] == request[6], "and its own unit id"
+        assert back[7:] == answer[7:], "the PDU is the device's"
+
+
+def http_codec(data: bytes) -> None:
+    """Every gateway answer to a framed request frames as one final response that
+    closes the connection, with a body unless the request was HEAD."""
+    messages = _messages(HttpRequestFramer(max_header_size=4096, max_body_size=4096), data)
+    if not messages:
+        return
+    codec = HttpCodec()
+    for request in messages[:4]:
+        for reason in FailureReason:
+            answer = codec.gateway_answer(request, reason)
+            framer = HttpResponseFramer()
+            framer.expect_response(request)
+            assert framer.feed(answer) == [answer], answer
+            assert framer.closing_at == 0, "a gateway answer ends the connection"
+            assert framer.buffered == 0
+            assert codec.decode(request, answer) == answer
+        assert codec.encode(request, 0) == request
+
+
+# ---------------------------------------------------------------------------- gateway
+
+
+class _Owner:
+    """A request's owner; the policy never calls it."""
+
+    closed = False
+
+    def request_done(self, request: Request) -> None:
+        raise AssertionError("the policy does not answer requests itself")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+RULES: Final = rules_value(
+    [
+        {"clients": ["10.0.0.1"], "writes": ["unit 1 holding 100-199", "unit 2 coils 0-7"]},
+        {"clients": ["10.0.0.2"], "access": "read-only"},
+        {"roles": ["operator"], "access": "read-write"},
+    ]
+)
+CLIENTS: Final = (
+    ClientIdentity(ipaddress.ip_address("10.0.0.1"), frozenset(), frozenset()),
+    ClientIdentity(ipaddress.ip_address("10.0.0.2"), frozenset(), frozenset()),
+    ClientIdentity(ipaddress.ip_address("10.0.0.3"), frozenset(), frozenset({"operator"})),
+    ClientIdentity(ipaddress.ip_address("10.0.0.4"), frozenset(), frozenset()),
+)
+
+
+def modbus_gateway(data: bytes) -> None:
+    """A run of requests through the write filters, the policy and its cache.
+
+    The input is cut into ADUs; each one's first byte of the transaction id picks what
+    happens: which client sent it, whether the device answers (with the next ADU as its
+    answer, or an exception), fails, or time passes.
+    """
+    adus = _messages(MbapFramer(), data)
+    events: Counter[str] = Counter()
+    clock = _Clock()
+    policy = ModbusGatewayPolicy(ModbusOptions(cache_ttl=1.0), events, clock)
+    filters = [client_filter(RULES, False, client, events) for client in CLIENTS]
+    answered: dict[object, set[bytes]] = {}
+    """Per read key, every answer the device gave to it (the cache may serve one)."""
+    owner = _Owner()
+    for index, payload in enumerate(adus):
+        steer = payload[0]
+        rule_filter = filters[steer % len(filters)]
+        if rule_filter is not None:
+            refused = rule_filter.refusal(payload)
+            if refused is not None:
+                _one_adu(refused)
+                assert refused[:2] == payload[:2]
+                assert refused[6] == payload[6]
+                assert refused[7] == payload[7] | EXCEPTION_FLAG
+                assert refused[8] in (0x01, 0x02)
+                continue
+        request = Request(owner, payload, clock.now)
+        local = policy.admit(request)
+        key = read_key(payload)
+        if local is not None:
+            _one_adu(local)
+            assert local[:2] == payload[:2], "a cached answer carries the request's id"
+            assert key is not None, "only reads are answered from the cache"
+            assert local[2:] in answered.get(key, set()), "never another read's answer"
+            continue
+        action = steer >> 4
+        if action < 10:
+            answer = adus[index + 1] if index + 1 < len(adus) else payload
+            answer = payload[:2] + answer[2:6] + payload[6:8] + answer[8:]
+            if request.observed:
+                policy.observe(request, answer)
+            if key is not None and not answer[7] & EXCEPTION_FLAG:
+                answered.setdefault(key, set()).add(answer[2:])
+            shared = policy.share(payload, answer)
+            assert shared[:2] == payload[:2]
+            assert shared[2:] == answer[2:]
+        elif action < 14:
+            gateway = ModbusClientCodec().gateway_answer(payload, FailureReason.TIMEOUT)
+            policy.observe_gateway_answer(payload, gateway)
+        else:
+            clock.now += (steer & 0x0F) * 0.25
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+TARGETS: Final[dict[str, Target]] = {
+    "echo": _framer_target(partial(LineFramer, max_message_size=64), 64),
+    "echo-default": _framer_target(LineFramer, 65536),
+    "iso8583": _framer_target(partial(iso8583_framer, 128), 128),
+    "mpu": _framer_target(partial(mpu_framer, 128), 128),
+    "modbus-framer": _framer_target(MbapFramer, MODBUS_MAX_MESSAGE_SIZE),
+    "http-requests": _framer_target(
+        partial(HttpRequestFramer, max_header_size=256, max_body_size=256), 512
+    ),
+    "http-responses": http_responses,
+    "modbus-codecs": modbus_codecs,
+    "http-codec": http_codec,
+    "modbus-gateway": modbus_gateway,
+}
+"""Every fuzz target by name (the corpus folder of each is tests/fuzz/corpus/NAME)."""
