@@ -14,6 +14,7 @@ from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.target import Target
 
 
 class Parsed:
@@ -42,7 +43,7 @@ def test_defaults_match_the_reference() -> None:
     config = parse()
     assert config.app == AppConfig(bridges=(BridgeConfig(),))
     assert config.protocol is ProtocolName.ECHO
-    assert config.target == Address("127.0.0.1", 1234)
+    assert config.target == Target.tcp(Address("127.0.0.1", 1234))
     assert config.listen == Address("", 8000)
     assert config.timeout == 60.0
     assert config.delay == 0.0
@@ -60,8 +61,12 @@ def test_defaults_match_the_reference() -> None:
         pytest.param(
             ["--applicationProtocol", "HTTP"], "protocol", ProtocolName.HTTP, id="appproto"
         ),
-        pytest.param(["-t", "10.0.0.5:502"], "target", Address("10.0.0.5", 502), id="t"),
-        pytest.param(["--targetServer", "[::1]:1502"], "target", Address("::1", 1502), id="t6"),
+        pytest.param(
+            ["-t", "10.0.0.5:502"], "target", Target.tcp(Address("10.0.0.5", 502)), id="t"
+        ),
+        pytest.param(
+            ["--targetServer", "[::1]:1502"], "target", Target.tcp(Address("::1", 1502)), id="t6"
+        ),
         pytest.param(["-l", "5020"], "listen", Address("", 5020), id="l-port"),
         pytest.param(["-l", "127.0.0.1:5020"], "listen", Address("127.0.0.1", 5020), id="l-host"),
         pytest.param(["--listen", ":5020"], "listen", Address("", 5020), id="l-colon"),

@@ -14,6 +14,7 @@ from tcp_multiplexer.config.model import BridgeConfig
 from tcp_multiplexer.config.render import render_config
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.target import Target
 from tests.tlscerts import make_ca
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
@@ -50,7 +51,7 @@ def test_a_file_with_several_bridges() -> None:
     inverter, meter = config.bridges
     assert inverter.name == "inverter"
     assert inverter.listen == (Address("127.0.0.1", 5020), Address("::1", 5020))
-    assert inverter.target == Address("192.0.2.22", 502)
+    assert inverter.target == Target.tcp(Address("192.0.2.22", 502))
     assert (inverter.timeout, inverter.max_connections) == (5.0, 2)
     assert inverter.protocol_options == ModbusOptions(cache_ttl=1.5)
     assert meter.listen == (Address("", 5021),)

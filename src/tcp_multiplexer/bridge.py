@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from tcp_multiplexer.config.model import BridgeConfig
 from tcp_multiplexer.core.dispatch import Dispatcher
@@ -30,6 +30,7 @@ from tcp_multiplexer.core.interfaces import (
     TaskSpawner,
 )
 from tcp_multiplexer.core.pool import PoolSettings, UpstreamPool
+from tcp_multiplexer.core.router import KEYS, Router
 from tcp_multiplexer.core.session import ClientSession
 from tcp_multiplexer.core.upstream import UpstreamConnection
 from tcp_multiplexer.logs import BridgeLog, format_peer
@@ -37,8 +38,11 @@ from tcp_multiplexer.observability.capture import CaptureRing, Endpoint
 from tcp_multiplexer.observability.clients import ClientDirectory, ClientStats
 from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics, TargetMetrics
 from tcp_multiplexer.options import Address, client_address
+from tcp_multiplexer.protocols.modbus.routes import units_text
 from tcp_multiplexer.protocols.registry import get_spec
-from tcp_multiplexer.protocols.spec import ClientIdentity
+from tcp_multiplexer.protocols.spec import ClientIdentity, EventCounts
+from tcp_multiplexer.target import Target, TargetPlan
+from tcp_multiplexer.transports.serial import SerialConnector
 from tcp_multiplexer.transports.tcp import (
     TcpConnector,
     configure_keepalive,
@@ -95,6 +99,29 @@ class BridgeServices(Protocol):
         ...
 
 
+_ROUTE_SETTINGS: Final = (
+    "timeout",
+    "connect_timeout",
+    "delay",
+    "request_gap",
+    "max_idle",
+    "reconnect_backoff",
+    "max_connections",
+    "max_inflight",
+)
+"""What a route may set for its own target (else the bridge's value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _TargetPath:
+    """Everything one target of a bridge has to itself."""
+
+    connector: Connector
+    pool: UpstreamPool
+    dispatcher: Dispatcher
+    view: TargetView
+
+
 @dataclass(frozen=True, slots=True)
 class TargetView:
     """One target of a bridge as observability reads it: its name, counters, pool and
@@ -132,54 +159,116 @@ class Bridge:
             if config.tls_cert is not None and config.tls_key is not None
             else None
         )
-        target_metrics = TargetMetrics(events)
-        target_codec = spec.target_codec(options, events)
+        self.capture = (
+            CaptureRing(config.name, services.capture_size, services.clock.time)
+            if services.capture_size
+            else None
+        )
+        self.client_directory = (
+            ClientDirectory(timed=services.per_client_latency) if services.observing else None
+        )
+        plans = config.targets()
+        paths = [
+            self._target_path(
+                plan,
+                services,
+                events if index == 0 else spec.new_events(),
+                connector if index == 0 else None,
+            )
+            for index, plan in enumerate(plans)
+        ]
+        self._paths = paths
+        first = paths[0]
+        self.connector: Connector = first.connector
+        self.pool = first.pool
+        self.dispatcher = first.dispatcher
+        """The bridge's own target's (the first route's, without one)."""
+        self._dispatch: Dispatch = (
+            first.dispatcher if len(paths) == 1 else self._router(plans, paths)
+        )
+        self.clients = ClientMetrics()
+        self._sessions: set[ClientConnection] = set()
+        self.metrics = BridgeMetrics(
+            self.clients,
+            [path.view.metrics for path in paths],
+            clients_now=lambda: len(self._sessions),
+            connections_now=lambda: sum(path.pool.connections for path in self._paths),
+            waiting_now=lambda: sum(path.dispatcher.waiting for path in self._paths),
+        )
+        self.targets = tuple(path.view for path in paths)
+        """Every target the bridge serves from (one per route)."""
+        self._session_count = 0
+        self._refusals_logged: dict[str, float] = {}
+        self._servers: list[asyncio.Server] = []
+        self._draining = False
+
+    def _target_path(
+        self,
+        plan: TargetPlan,
+        services: BridgeServices,
+        events: EventCounts,
+        connector: Connector | None,
+    ) -> _TargetPath:
+        """The connector, pool, dispatcher and counters of one target of the plan."""
+        config = self.config
+        spec = self._spec
+        options = config.protocol_options
+        values: dict[str, Any] = {
+            name: plan.settings.get(name, getattr(config, name)) for name in _ROUTE_SETTINGS
+        }
+        target = plan.target
+        if target.is_serial:
+            # One master on a line: one connection, and the line's silence between frames.
+            values["max_connections"] = 1
+            values["request_gap"] = max(values["request_gap"], target.silence)
+        metrics = TargetMetrics(events)
+        codec = (
+            spec.target_codec_for(options, events, plan)
+            if spec.target_codec_for is not None
+            else spec.target_codec(options, events)
+        )
         policy = (
             spec.gateway_policy(options, events, services.clock)
             if spec.gateway_policy is not None
             else None
         )
-        self.connector: Connector = connector or TcpConnector(
-            config.target,
-            connect_timeout=config.connect_timeout,
-            keepalive_idle=config.health_check_interval,
-            ssl=client_context(config.target_ca, config.target_cert, config.target_key)
-            if config.target_tls
-            else None,
-        )
+        if connector is None:
+            connector = self._connector_for(target, values["connect_timeout"])
         settings = PoolSettings(
-            max_connections=config.max_connections,
-            timeout=config.timeout,
-            reconnect_backoff=config.reconnect_backoff,
-            delay=config.delay,
-            max_inflight=config.max_inflight,
-            request_gap=config.request_gap,
-            max_idle=config.max_idle,
+            max_connections=values["max_connections"],
+            timeout=values["timeout"],
+            reconnect_backoff=values["reconnect_backoff"],
+            delay=values["delay"],
+            max_inflight=values["max_inflight"],
+            request_gap=values["request_gap"],
+            max_idle=values["max_idle"],
         )
         pools: list[UpstreamPool] = []
+        name = connector.target
+        connection_name = name if self._spec.route_key and len(config.targets()) > 1 else "target"
 
-        def make_pool(events: PoolEvents) -> UpstreamPool:
+        def make_pool(sink: PoolEvents) -> UpstreamPool:
             def make_connection() -> UpstreamConnection:
                 return UpstreamConnection(
-                    "target",
-                    target_codec,
-                    events,
-                    target_metrics,
+                    connection_name,
+                    codec,
+                    sink,
+                    metrics,
                     services.poller,
                     clock=services.clock,
                     log=self.log,
-                    timeout=config.timeout,
-                    max_inflight=config.max_inflight,
-                    request_gap=config.request_gap,
-                    max_idle=config.max_idle,
+                    timeout=values["timeout"],
+                    max_inflight=values["max_inflight"],
+                    request_gap=values["request_gap"],
+                    max_idle=values["max_idle"],
                 )
 
             pool = UpstreamPool(
-                events,
-                self.connector,
+                sink,
+                connector,
                 make_connection,
                 settings,
-                target_metrics,
+                metrics,
                 clock=services.clock,
                 spawner=services.spawner,
                 log=self.log,
@@ -188,55 +277,59 @@ class Bridge:
             pools.append(pool)
             return pool
 
-        self.capture = (
-            CaptureRing(
-                config.name,
-                services.capture_size,
-                _endpoint(config.target),
-                services.clock.time,
-            )
-            if services.capture_size
+        address = target.address
+        recorder = (
+            self.capture.recorder(None if address is None else _endpoint(address))
+            if self.capture is not None
             else None
         )
-        self.client_directory = (
-            ClientDirectory(timed=services.per_client_latency) if services.observing else None
-        )
-        self.dispatcher = Dispatcher(
+        dispatcher = Dispatcher(
             self._codec,
-            target_metrics,
+            metrics,
             make_pool,
             clock=services.clock,
             log=self.log,
-            timeout=config.timeout,
+            timeout=values["timeout"],
             queue_size=config.queue_size,
             policy=policy,
-            recorder=self.capture.record if self.capture is not None else None,
+            recorder=recorder,
         )
-        (self.pool,) = pools
-        self.clients = ClientMetrics()
-        self._sessions: set[ClientConnection] = set()
-        self.metrics = BridgeMetrics(
-            self.clients,
-            [target_metrics],
-            clients_now=lambda: len(self._sessions),
-            connections_now=lambda: self.pool.connections,
-            waiting_now=lambda: self.dispatcher.waiting,
+        (pool,) = pools
+        view = TargetView(
+            name, metrics, pool, dispatcher, values["timeout"], values["max_connections"]
         )
-        self.targets = (
-            TargetView(
-                self.connector.target,
-                target_metrics,
-                self.pool,
-                self.dispatcher,
-                config.timeout,
-                config.max_connections,
-            ),
+        return _TargetPath(connector, pool, dispatcher, view)
+
+    def _connector_for(self, target: Target, connect_timeout: float) -> Connector:
+        config = self.config
+        if target.is_serial:
+            return SerialConnector(target, connect_timeout=connect_timeout)
+        if target.address is None:
+            raise ValueError(f"{target} has no address")
+        return TcpConnector(
+            target.address,
+            name=str(target),
+            connect_timeout=connect_timeout,
+            keepalive_idle=config.health_check_interval,
+            ssl=client_context(config.target_ca, config.target_cert, config.target_key)
+            if config.target_tls
+            else None,
         )
-        """Every target the bridge serves from (one per route)."""
-        self._session_count = 0
-        self._refusals_logged: dict[str, float] = {}
-        self._servers: list[asyncio.Server] = []
-        self._draining = False
+
+    def _router(self, plans: list[TargetPlan], paths: list[_TargetPath]) -> Router:
+        """Each route key to the dispatcher of its target; keys no plan serves to the
+        one that serves every other key (the bridge's own target), or to none."""
+        key = self._spec.route_key
+        if key is None:
+            raise ValueError(f"{self._spec.name} has no routes")
+        table: list[Dispatch | None] = [None] * KEYS
+        for plan, path in zip(plans, paths, strict=True):
+            if plan.keys is None:
+                table = [path.dispatcher] * KEYS
+        for plan, path in zip(plans, paths, strict=True):
+            for unit in plan.keys or ():
+                table[unit] = path.dispatcher
+        return Router(key, table, self._codec, self._events)
 
     # ------------------------------------------------------------------ SessionHost
 
@@ -246,7 +339,7 @@ class Bridge:
 
     @property
     def dispatch(self) -> Dispatch:
-        return self.dispatcher
+        return self._dispatch
 
     @property
     def client_backlog(self) -> int:
@@ -352,20 +445,37 @@ class Bridge:
                 server.close()
             self._servers.clear()
             raise
-        self.pool.start()
+        for path in self._paths:
+            path.pool.start()
         config = self.config
         security = ""
         if config.tls_cert is not None:
             security = ", mutual TLS" if config.tls_client_ca is not None else ", TLS"
+        if len(self._paths) == 1:
+            self.log.notice(
+                "listening on %s (%s%s), target %s%s, up to %d target connection(s)",
+                ", ".join(self.sockets),
+                config.protocol,
+                security,
+                self.connector.target,
+                " over TLS" if config.target_tls else "",
+                config.max_connections,
+            )
+            return
+        routes = "; ".join(self._route_text(plan) for plan in config.targets())
         self.log.notice(
-            "listening on %s (%s%s), target %s%s, up to %d target connection(s)",
+            "listening on %s (%s%s), routing %s",
             ", ".join(self.sockets),
             config.protocol,
             security,
-            self.connector.target,
-            " over TLS" if config.target_tls else "",
-            config.max_connections,
+            routes,
         )
+
+    @staticmethod
+    def _route_text(plan: TargetPlan) -> str:
+        keys = "other units" if plan.keys is None else f"units {units_text(plan.keys)}"
+        mapped = ", ".join(f"{c}->{d}" for c, d in sorted(plan.key_map.items()))
+        return f"{keys} to {plan.target}" + (f" (unit map {mapped})" if mapped else "")
 
     def _new_session(self) -> asyncio.Protocol:
         self._session_count += 1
@@ -410,10 +520,11 @@ class Bridge:
                 self._server_tls = server_context(
                     config.tls_cert, config.tls_key, config.tls_client_ca
                 )
-            if config.target_tls and isinstance(self.connector, TcpConnector):
-                self.connector.ssl = client_context(
-                    config.target_ca, config.target_cert, config.target_key
-                )
+            if config.target_tls:
+                context = client_context(config.target_ca, config.target_cert, config.target_key)
+                for path in self._paths:
+                    if isinstance(path.connector, TcpConnector):
+                        path.connector.ssl = context
         except (OSError, ssl.SSLError) as exc:
             self.log.error(
                 "reload: cannot reread the certificates (%s); keeping the ones in use", exc
@@ -446,24 +557,29 @@ class Bridge:
         """Stop accepting, let requests in flight finish within `grace`, close all."""
         self._draining = True
         self.stop_accepting()
-        dispatcher = self.dispatcher
-        if dispatcher.unanswered:
+        dispatchers = [path.dispatcher for path in self._paths]
+        unanswered = sum(dispatcher.unanswered for dispatcher in dispatchers)
+        if unanswered:
             self.log.notice(
                 "shutting down: waiting up to %.3gs for %d request(s) in flight",
                 grace,
-                dispatcher.unanswered,
+                unanswered,
             )
             try:
                 async with asyncio.timeout(grace):
-                    await dispatcher.wait_drained()
+                    for dispatcher in dispatchers:
+                        await dispatcher.wait_drained()
             except TimeoutError:
                 self.log.warning(
-                    "%d request(s) still unanswered at shutdown", dispatcher.unanswered
+                    "%d request(s) still unanswered at shutdown",
+                    sum(dispatcher.unanswered for dispatcher in dispatchers),
                 )
         for session in list(self._sessions):
             session.close()
-        await self.pool.close()
-        dispatcher.close()
+        for path in self._paths:
+            await path.pool.close()
+        for dispatcher in dispatchers:
+            dispatcher.close()
         for server in self._servers:
             # Client transports were closed above; wait_closed() waits for them in 3.12+.
             with contextlib.suppress(TimeoutError):

@@ -27,6 +27,7 @@ from tcp_multiplexer.config.schema import BRIDGE_OPTIONS, GLOBAL_OPTIONS, protoc
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.logs import setup_logging
 from tcp_multiplexer.options import Option, Scope
+from tcp_multiplexer.profiles import describe_profiles
 from tcp_multiplexer.protocols.registry import protocol_names
 
 logger = logging.getLogger("tcp_multiplexer")
@@ -203,6 +204,10 @@ def build_parser() -> OneLineErrorParser:
     check.set_defaults(handler=check_config)
     fetch.add_parsers(commands)
     commands.add_parser("list", help="list the supported protocols, one per line")
+    commands.add_parser(
+        "profiles",
+        help="list the device profiles (--profile): what each sets and why",
+    )
     commands.add_parser("version", help="print the version")
     targets_cli.add_parser(commands)
     commands.choices["example-server"].set_defaults(handler=targets_cli.run)
@@ -234,6 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         for name in protocol_names():
             print(name)
+        return 0
+    if args.command == "profiles":
+        print(describe_profiles(), end="")
         return 0
     if args.command == "version":
         print(f"tcp-multiplexer {__version__}")

@@ -31,6 +31,7 @@ from tcp_multiplexer.options import Address, parse_duration
 from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.protocols.modbus.mbap import MbapFramer, read_request
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.target import Target
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
 
 DEVICE_ANSWER_DELAY: Final = 0.020
@@ -142,7 +143,7 @@ async def run_demo(duration: float, out: TextIO) -> int:
                 BridgeConfig(
                     name="inverter",
                     protocol=ProtocolName.MODBUS,
-                    target=Address("127.0.0.1", device.port),
+                    target=Target.tcp(Address("127.0.0.1", device.port)),
                     listen=(Address("127.0.0.1", 0),),
                     timeout=2.0,
                     reconnect_backoff=0.2,

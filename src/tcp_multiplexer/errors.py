@@ -52,6 +52,13 @@ class IncompleteMessage(FramingError):
     """The stream ended in the middle of a message."""
 
 
+class DamagedMessage(FramingError):
+    """One message arrived damaged (a bad checksum, a length that cannot be read) on a
+    stream that goes on: the framer drops what it held and frames the next message; the
+    request waiting for it fails. Raised only by framers of lines where that is
+    possible (Modbus RTU), never poisoning."""
+
+
 # Target failures are not exceptions: on the callback path a request that the target
 # cannot answer gets a `FailureReason` (framing.base), which the codec turns into the
 # protocol's gateway answer. Nothing would catch an UpstreamError.

@@ -215,10 +215,6 @@ def _string(value: object, what: str) -> str:
     raise ConfigError(f"expected a {what} string, got {value!r}")
 
 
-def target_value(value: object) -> Address:
-    return parse_target(_string(value, "HOST:PORT"))
-
-
 def listen_value(value: object) -> Address:
     """A listen address (a bare number is a port)."""
     return parse_listen(_string(value, "listen address"))

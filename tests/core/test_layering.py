@@ -15,7 +15,7 @@ import pytest
 import tcp_multiplexer.core
 
 CORE = Path(tcp_multiplexer.core.__file__).parent
-HOPS = ("session", "dispatch", "upstream", "pool")
+HOPS = ("session", "dispatch", "upstream", "pool", "router")
 ALLOWED_CORE_IMPORTS = {"tcp_multiplexer.core.interfaces", "tcp_multiplexer.core.backoff"}
 PROTOCOL_WORDS = re.compile(r"modbus|http|iso.?8583|\bmpu\b|\becho\b|transaction id", re.I)
 

@@ -41,7 +41,10 @@ class FlakyConnector:
 
 
 def flaky(bridge: BridgeConfig) -> FlakyConnector:
-    return FlakyConnector(TcpConnector(bridge.target, connect_timeout=1.0, keepalive_idle=30.0))
+    assert bridge.target is not None
+    assert bridge.target.address is not None
+    address = bridge.target.address
+    return FlakyConnector(TcpConnector(address, connect_timeout=1.0, keepalive_idle=30.0))
 
 
 async def test_a_slot_task_that_raises_is_restarted_and_the_bridge_serves_on(

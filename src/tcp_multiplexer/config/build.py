@@ -16,7 +16,9 @@ from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.config.schema import BRIDGE_OPTIONS, GLOBAL_OPTIONS, protocol_options
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Option, index_options
+from tcp_multiplexer.profiles import get_profile
 from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.transports.serial import serial_available
 from tcp_multiplexer.transports.tls import client_context, server_context
 
 _BRIDGE: dict[str, Option] = index_options(BRIDGE_OPTIONS)
@@ -38,6 +40,7 @@ def build_bridge(values: Mapping[str, object]) -> BridgeConfig:
     Raises:
         ConfigError: an unknown key, an option of another protocol, or a bad value.
     """
+    values = with_profile(values)
     protocol_option = _BRIDGE["protocol"]
     protocol = protocol_option.read(values.get("protocol", protocol_option.default))
     spec = get_spec(protocol)
@@ -48,9 +51,48 @@ def build_bridge(values: Mapping[str, object]) -> BridgeConfig:
     read = _read(known, values)
     options = spec.make_options({option.field: read[option.field] for option in spec.options})
     core = {option.field: read[option.field] for option in BRIDGE_OPTIONS}
+    if "target" not in _spelled(values) and read.get("route"):
+        core["target"] = None  # the routes name every target
     bridge = BridgeConfig(**core, protocol_options=options)
     check_tls_files(bridge)
+    check_serial_support(bridge)
     return bridge
+
+
+def _spelled(values: Mapping[str, object]) -> set[str]:
+    """The keys of `values` as a file spells them (``max-connections``)."""
+    return {key.replace("_", "-") for key in values}
+
+
+def with_profile(values: Mapping[str, object]) -> Mapping[str, object]:
+    """`values` with its profile's settings for every key it does not give itself.
+
+    Raises:
+        ConfigError: no such profile.
+    """
+    name = values.get("profile")
+    if name is None:
+        return values
+    profile = get_profile(_BRIDGE["profile"].read(name))
+    given = _spelled(values)
+    merged = dict(values)
+    for key, value in profile.settings.items():
+        if key not in given:
+            merged[key] = value
+    return merged
+
+
+def check_serial_support(bridge: BridgeConfig) -> None:
+    """A serial target needs the serial extra installed.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if any(plan.target.is_serial for plan in bridge.targets()) and not serial_available():
+        raise ConfigError(
+            "serial targets need pyserial-asyncio-fast: pip install 'tcp-multiplexer[serial]'",
+            key="target",
+        )
 
 
 def check_tls_files(bridge: BridgeConfig) -> None:

@@ -9,12 +9,13 @@ reads flags or files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.options import Address, Network, parse_listen, parse_target
+from tcp_multiplexer.options import Address, Network, parse_listen
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.target import Target, TargetPlan, parse_target_url
 
 DEFAULT_PROTOCOL: Final = ProtocolName.ECHO
 DEFAULT_TARGET: Final = "127.0.0.1:1234"
@@ -49,7 +50,9 @@ class BridgeConfig:
     """Unique in the process; names the bridge in logs and metrics. Empty: named after
     its first listen address."""
     protocol: str = DEFAULT_PROTOCOL
-    target: Address = field(default_factory=lambda: parse_target(DEFAULT_TARGET))
+    target: Target | None = field(default_factory=lambda: parse_target_url(DEFAULT_TARGET))
+    """Where requests go (a URL: tcp, rtu+tcp, serial; an Address is taken as TCP).
+    None only for a bridge whose routes name every target."""
     listen: tuple[Address, ...] = field(default_factory=lambda: (parse_listen(DEFAULT_LISTEN),))
     timeout: float = DEFAULT_TIMEOUT
     """Longest wait for an answer, and longest wait for a free target connection."""
@@ -86,6 +89,8 @@ class BridgeConfig:
     target_key: str | None = None
     protocol_options: Any = None
     """The protocol's own options object (ModbusOptions...); None: its defaults."""
+    profile: str | None = None
+    """The device profile whose settings filled in what was not given (for check-config)."""
 
     def __post_init__(self) -> None:
         spec = get_spec(self.protocol)
@@ -128,8 +133,15 @@ class BridgeConfig:
                 raise ConfigError("must be at least 1", key=key)
         if self.max_inflight > MAX_INFLIGHT_LIMIT:
             raise ConfigError(f"must be at most {MAX_INFLIGHT_LIMIT}", key="max-inflight")
-        if self.target.port == 0:
+        target = cast(object, self.target)
+        if isinstance(target, Address):
+            object.__setattr__(self, "target", Target.tcp(target))
+        address = self.target.address if self.target is not None else None
+        if address is not None and address.port == 0:
             raise ConfigError("the port must not be 0", key="target")
+        if self.target_tls and self.target is not None and self.target.is_serial:
+            raise ConfigError("is for TCP targets, not a serial line", key="target-tls")
+        self.targets()  # routes, unit maps and schemes are checked here
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("goes with tls-key: give both", key="tls-cert")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -141,6 +153,15 @@ class BridgeConfig:
                 "is for target-tls: turn it on",
                 key="target-ca" if self.target_ca else "target-cert",
             )
+
+    def targets(self) -> list[TargetPlan]:
+        """Every target the bridge sends to, its own first (more with routes).
+
+        Raises:
+            ConfigError: no target, conflicting routes, or a scheme its protocol cannot
+                speak.
+        """
+        return get_spec(self.protocol).plan_targets(self.protocol_options, self.target)
 
 
 @dataclass(frozen=True, slots=True)

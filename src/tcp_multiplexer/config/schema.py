@@ -16,10 +16,11 @@ from tcp_multiplexer.options import (
     listen_value,
     local_listen_value,
     network_value,
-    target_value,
     text_value,
 )
+from tcp_multiplexer.profiles import profile_value
 from tcp_multiplexer.protocols.registry import SPECS, get_spec, protocol_names
+from tcp_multiplexer.target import target_url_value
 
 
 def _protocol_value(value: object) -> str:
@@ -64,11 +65,23 @@ BRIDGE_OPTIONS: Final = (
     ),
     Option(
         "target",
-        f"target server address (default: {model.DEFAULT_TARGET})",
-        target_value,
+        "target server: HOST:PORT, or for Modbus devices rtu+tcp://HOST:PORT (an "
+        "RTU-over-TCP converter) or serial:///dev/ttyUSB0?baudrate=9600&parity=E "
+        f"(an RS-485 adapter; needs the serial extra) (default: {model.DEFAULT_TARGET})",
+        target_url_value,
         model.DEFAULT_TARGET,
         flags=("-t", "--targetServer", "--target"),
-        metavar="HOST:PORT",
+        metavar="URL",
+        group=TARGET_GROUP,
+    ),
+    Option(
+        "profile",
+        "device profile: settings a device family needs (huawei-sdongle, solaredge, sma, "
+        "fronius, sungrow, growatt, rs485-meter; tcp-multiplexer profiles says what each "
+        "sets); options given win over it",
+        profile_value,
+        None,
+        metavar="NAME",
         group=TARGET_GROUP,
     ),
     Option(

@@ -44,6 +44,10 @@ class Correlation(Enum):
     """Answers come back in request order (pipelining allowed)."""
     BY_ID = "by-id"
     """Each request carries an id from the codec's id space, which the target echoes."""
+    SOLE = "sole"
+    """One request at a time, its answer recognised by the framer (Modbus RTU: a line
+    with one master). A request that times out or is answered damaged fails alone; the
+    connection stays, and the next request goes at once."""
 
 
 # ---------------------------------------------------------------------------- framing
@@ -107,6 +111,19 @@ class ResponseFramer(Framer, Protocol):
 
 
 # ---------------------------------------------------------------------------- codecs
+
+
+class SoleTargetCodec(Protocol):
+    """What a codec of `Correlation.SOLE` also says: which requests get no answer."""
+
+    @property
+    def turnaround(self) -> float:
+        """Seconds the line stays quiet after a request that gets no answer."""
+        ...
+
+    def answer_expected(self, wire: bytes) -> bool:
+        """False for a request (in the target's form) nobody answers (a broadcast)."""
+        ...
 
 
 class ClientCodec(Protocol):

@@ -296,11 +296,11 @@ class UpstreamPool:
         self.unreachable = False
         self.last_error = None
         self._connections.append(connection)
-        self._log.info(
-            "new target connection: %s <-> %s",
-            format_peer(transport.get_extra_info("sockname")),
-            connection.name,
-        )
+        local = transport.get_extra_info("sockname")
+        if local is None:  # a serial line has no socket address
+            self._log.info("new target connection: %s", connection.name)
+        else:
+            self._log.info("new target connection: %s <-> %s", format_peer(local), connection.name)
         connection.mark_ready()
         if connection.can_send:
             self._events.connection_available(connection, self._clock.time())

@@ -4,7 +4,11 @@ Answers are matched first-in first-out, or by an id from the target codec's id s
 that the multiplexer puts on every request and the codec
 takes off the answer again. A FIFO connection that times out is retired: a late
 answer on it would otherwise answer the next request. A connection with ids stays: a
-late answer carries an id nobody waits for, and is dropped and counted.
+late answer carries an id nobody waits for, and is dropped and counted. A SOLE
+connection (a serial line with one master) carries one request at a time, and its
+framer knows the answer it waits for: a timeout or a damaged answer fails that one
+request and the line serves the next at once; a request nobody answers (a broadcast)
+is done after the codec's turnaround delay, with an empty answer.
 
 Requests leave in the target's form (`TargetCodec.encode`) and answers come back in
 the client's (`TargetCodec.decode`): everything past this module sees client form.
@@ -25,11 +29,12 @@ from tcp_multiplexer.core.interfaces import (
     Poller,
     Request,
     RequestState,
+    SoleTargetCodec,
     TargetCodec,
     TimerHandle,
     after_io,
 )
-from tcp_multiplexer.errors import FramingError
+from tcp_multiplexer.errors import DamagedMessage, FramingError
 from tcp_multiplexer.logs import hex_dump
 from tcp_multiplexer.observability.metrics import TargetMetrics
 
@@ -66,9 +71,11 @@ class UpstreamConnection(asyncio.Protocol):
         "_metrics",
         "_next_id",
         "_poller",
+        "_quiet_timer",
         "_ready",
         "_silent_timeouts",
         "_sink",
+        "_sole",
         "_timeout",
         "_timer",
         "_transparent",
@@ -104,6 +111,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._clock = clock
         self._log = log
         self._timeout = timeout
+        self._sole = codec.correlation is Correlation.SOLE
+        """One request at a time; failures fail only their request (see the module doc)."""
+        if self._sole:
+            max_inflight = 1
         self._capacity = max_inflight
         self.pipelined = max_inflight > 1
         """More than one request may be outstanding (--max-inflight above 1)."""
@@ -123,6 +134,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._draining = False
         self._timer: TimerHandle | None = None
         self._gap_timer: TimerHandle | None = None
+        self._quiet_timer: TimerHandle | None = None
+        """Ends a request nobody answers (SOLE), after the codec's turnaround."""
         self._corked: list[bytes] | None = None
         """Writes held back while corked, sent as one write by uncork()."""
         self._last_activity = clock.time()
@@ -212,6 +225,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._corked.append(wire)
         if request.closes_target:
             self._draining = True
+        if self._sole and not cast(SoleTargetCodec, self._codec).answer_expected(wire):
+            turnaround = cast(SoleTargetCodec, self._codec).turnaround
+            self._quiet_timer = self._clock.call_later(turnaround, self._quiet_done)
         timer = self._timer
         if timer is None or timer.when() > request.deadline:
             # Usually armed already for an earlier, sooner deadline; an idle-limit timer
@@ -242,6 +258,19 @@ class UpstreamConnection(asyncio.Protocol):
                 self._next_id = candidate
                 return candidate
 
+    def _quiet_done(self) -> None:
+        """A request nobody answers has had its turnaround: it is done, unanswered."""
+        self._quiet_timer = None
+        if not self._fifo:
+            return
+        request = self._fifo.popleft()
+        self._inflight -= 1
+        now = self._clock.time()
+        self._last_activity = now
+        if self._ready and self.can_send:
+            self._sink.connection_available(self, now)
+        self._sink.finish(request, b"", now, False)
+
     def _gap_elapsed(self) -> None:
         self._gap_timer = None
         if self.can_send:
@@ -256,6 +285,11 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._framer.feed(data)
+        except DamagedMessage as exc:
+            if not self._sole:
+                raise
+            self._answer_damaged(exc)
+            return
         except FramingError as exc:
             self._log.warning(
                 "%s: target sent a malformed answer (%s); reconnecting",
@@ -289,6 +323,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._gap_timer is not None:
             self._gap_timer.cancel()
             self._gap_timer = None
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         self._fail_all(FailureReason.BROKEN)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -362,6 +399,12 @@ class UpstreamConnection(asyncio.Protocol):
             return None
         if self._fifo:
             return self._fifo.popleft()
+        if self._sole:
+            # A late answer on a line: the framer took it for the one it waited for
+            # after that one had timed out. Nothing else is wrong with the line.
+            self._metrics.unexpected_answers += 1
+            self._log.info("%s: dropped an answer nobody waits for any more", self.name)
+            return None
         self._log.warning("%s: target sent an answer nobody asked for; reconnecting", self.name)
         self._metrics.unexpected_answers += 1
         self._retire(FailureReason.BROKEN)
@@ -403,6 +446,9 @@ class UpstreamConnection(asyncio.Protocol):
         if oldest is not None and oldest.deadline <= now:
             if self._by_id:
                 self._expire_ids(now)
+            elif self._sole:
+                self._expire_sole(now)
+                return
             else:
                 self._log.warning(
                     "%s: no answer within %.3gs; closing the connection so a late answer "
@@ -456,6 +502,46 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.fail(oldest, FailureReason.TIMEOUT)
         if self._ready and self.can_send:
             self._sink.connection_available(self, now)
+
+    def _expire_sole(self, now: float) -> None:
+        """The one request on a line had no answer in time: it fails, the line goes on."""
+        request = self._fifo.popleft()
+        self._inflight -= 1
+        self._last_activity = now
+        self._log.warning(
+            "%s: no answer within %.3gs; serving the next request",
+            self.name,
+            self._timeout,
+            extra={"target": self.name, "reason": "timeout"},
+        )
+        self._sink.fail(request, FailureReason.TIMEOUT)
+        if self._ready and self.can_send:
+            self._sink.connection_available(self, now)
+        self._schedule_timer()
+
+    def _answer_damaged(self, exc: DamagedMessage) -> None:
+        """An answer arrived damaged (a bad CRC): its request fails, the line goes on."""
+        self._metrics.damaged_answers += 1
+        now = self._clock.time()
+        self._last_heard = now
+        self._log.warning(
+            "%s: damaged answer (%s); the request gets the gateway's failure answer",
+            self.name,
+            exc.reason,
+            extra={"target": self.name, "reason": exc.reason},
+        )
+        if not self._fifo:
+            return
+        request = self._fifo.popleft()
+        self._inflight -= 1
+        self._last_activity = now
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        self._sink.fail(request, FailureReason.BROKEN)
+        if self._ready and self.can_send:
+            self._sink.connection_available(self, now)
+        self._schedule_timer()
 
     # ------------------------------------------------------------------ closing
 

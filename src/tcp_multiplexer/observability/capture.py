@@ -86,25 +86,29 @@ class CaptureRing:
     only when the capture is read, so the request path pays one append.
     """
 
-    def __init__(
-        self,
-        bridge: str,
-        size: int,
-        target: Endpoint | None,
-        loop_time: Callable[[], float],
-    ) -> None:
+    def __init__(self, bridge: str, size: int, loop_time: Callable[[], float]) -> None:
         self.bridge = bridge
         self.size = size
-        self._target = target
         self._loop_time = loop_time
-        self._ring: deque[tuple[Request, bytes | None, str, float]] = deque(maxlen=size)
+        self._ring: deque[tuple[Request, bytes | None, str, float, Endpoint | None]] = deque(
+            maxlen=size
+        )
         self.recorded = 0
         """Transactions recorded so far (the ring keeps the last `size`)."""
 
-    def record(self, request: Request, answer: bytes | None, outcome: str, now: float) -> None:
-        """Note how `request` was answered, at loop time `now` (a dispatcher's recorder)."""
-        self.recorded += 1
-        self._ring.append((request, answer, outcome, now))
+    def recorder(
+        self, target: Endpoint | None
+    ) -> Callable[[Request, bytes | None, str, float], None]:
+        """The recorder of one target's dispatcher (`target`: its address, None for a
+        serial line, which a pcap cannot show)."""
+        ring = self._ring
+
+        def record(request: Request, answer: bytes | None, outcome: str, now: float) -> None:
+            """Note how `request` was answered, at loop time `now`."""
+            self.recorded += 1
+            ring.append((request, answer, outcome, now, target))
+
+        return record
 
     def __iter__(self) -> Iterator[Transaction]:
         # Loop time to Unix time, as of now: the two clocks drift apart by far less
@@ -116,13 +120,13 @@ class CaptureRing:
                     time=now + wall,
                     bridge=self.bridge,
                     client=_endpoint(getattr(request.owner, "peer", None)),
-                    target=self._target,
+                    target=target,
                     request=request.payload,
                     answer=answer,
                     latency=max(0.0, now - request.submitted_at),
                     outcome=outcome,
                 )
-                for request, answer, outcome, now in list(self._ring)
+                for request, answer, outcome, now, target in list(self._ring)
             ]
         )
 

@@ -220,6 +220,7 @@ class BridgeCollector(Collector):
                     "coalesced": metrics.coalesced,
                     "ids_dropped": metrics.ids_dropped,
                     "unexpected_answers": metrics.unexpected_answers,
+                    "damaged_answers": metrics.damaged_answers,
                 }
                 for event, count in sorted(named.items()):
                     events.add_metric([*key, event], count)

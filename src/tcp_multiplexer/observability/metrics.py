@@ -124,6 +124,7 @@ class TargetMetrics:
         "connect_attempts",
         "connect_failures",
         "connections_made",
+        "damaged_answers",
         "events",
         "gateway",
         "gateway_latency",
@@ -160,6 +161,8 @@ class TargetMetrics:
         self.coalesced = 0
         self.ids_dropped = 0
         self.unexpected_answers = 0
+        self.damaged_answers = 0
+        """Answers that arrived damaged (RTU: a bad CRC), each failing its request."""
         self.connect_attempts = 0
         self.connect_failures = 0
         self.connections_made = 0

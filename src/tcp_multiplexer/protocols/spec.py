@@ -27,6 +27,7 @@ from tcp_multiplexer.core.interfaces import (
 )
 from tcp_multiplexer.options import Option
 from tcp_multiplexer.protocols.responder import Responder
+from tcp_multiplexer.target import Target, TargetPlan, single_target
 
 EventCounts = Counter[str]
 """A protocol's event counters by name; every declared name starts at 0."""
@@ -80,10 +81,20 @@ class ProtocolSpec:
     (check-config prints them)."""
     client_filter: Callable[[Any, ClientIdentity, EventCounts], RequestFilter | None] | None = None
     """What a client may ask (write rules): a filter per client, or None for all."""
+    plan_targets: Callable[[Any, Target | None], list[TargetPlan]] = single_target
+    """The targets a bridge sends to, from its options and its own target (the default
+    target, first); raises ConfigError. Without routes: the one TCP target."""
+    target_codec_for: Callable[[Any, EventCounts, TargetPlan], TargetCodec] | None = None
+    """A target codec for one target of the plan (its framing, its key map); None: the
+    plain `target_codec` for every target."""
+    route_key: Callable[[bytes], int] | None = None
+    """What a request is routed by (Modbus: its unit id); None: no routes."""
 
     def default_options(self) -> Any:
         """The options object with every option at its default."""
-        return self.make_options({option.field: option.default for option in self.options})
+        return self.make_options(
+            {option.field: option.read(option.default) for option in self.options}
+        )
 
     def new_events(self) -> EventCounts:
         """Event counters for one target, every declared name at 0."""

@@ -20,7 +20,9 @@ from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Address, parse_duration, parse_listen
 from tcp_multiplexer.protocols.registry import protocol_names
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.target import DEFAULT_BAUDRATE
 from tcp_multiplexer.targets.faults import FAULT_HELP, Fault, parse_fault
+from tcp_multiplexer.targets.rtu import PtyLine, RtuLine, serve_rtu_over_tcp
 from tcp_multiplexer.targets.server import (
     DEFAULT_LATE_DELAY,
     DEFAULT_TARGET_HOST,
@@ -133,6 +135,46 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="DURATION",
         help="time each request takes (500ms, 1s, 0.2); a connection's requests are handled "
         "one after another, pipelined ones wait their turn (default 0)",
+    )
+    rtu = parser.add_argument_group("modbus RTU (a serial line, or RTU over TCP)")
+    rtu.add_argument(
+        "--serial",
+        nargs="?",
+        const="pty",
+        default=None,
+        metavar="PATH",
+        help="serve Modbus RTU on a serial port instead of TCP: without PATH, on a "
+        "pseudo-terminal this creates (it prints the port to give the multiplexer); "
+        "line timing is simulated at --baudrate",
+    )
+    rtu.add_argument(
+        "--rtu",
+        action="store_true",
+        help="serve Modbus RTU frames over TCP on --listen, as an RTU-over-TCP converter "
+        "(EW11, USR, Waveshare) does",
+    )
+    rtu.add_argument(
+        "--baudrate",
+        type=_count,
+        default=None,
+        metavar="BAUD",
+        help="simulate the line's timing at this speed: frame transmission and the "
+        "3.5-character silences (default 9600 with --serial, none with --rtu)",
+    )
+    rtu.add_argument(
+        "--parity",
+        choices=["N", "E", "O"],
+        default="N",
+        help="the simulated line's parity, for its timing and the printed target URL "
+        "(default N: some kernels' pseudo-terminals refuse parity)",
+    )
+    rtu.add_argument(
+        "--stopbits",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="the simulated line's stop bits (default 2: with no parity, 11 bits a "
+        "character, as 8E1 has)",
     )
     limits = parser.add_argument_group("connection limits")
     limits.add_argument(
@@ -276,15 +318,96 @@ async def serve(config: TargetConfig) -> int:
     return 0
 
 
+async def _until_stopped() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def _line_text(line: RtuLine) -> str:
+    timing = line.timing
+    if timing is None:
+        return "no line timing"
+    return f"{timing.baudrate} baud, 8{timing.parity}{timing.stopbits} timing"
+
+
+async def serve_rtu(args: argparse.Namespace) -> int:
+    """Serve the example device on an RTU line until SIGINT or SIGTERM."""
+    baudrate: int | None = args.baudrate
+    if baudrate is None and args.serial is not None:
+        baudrate = DEFAULT_BAUDRATE
+    line = RtuLine(baudrate=baudrate, parity=args.parity, stopbits=args.stopbits, delay=args.delay)
+    if args.serial is not None:
+        try:
+            pty = PtyLine(line, None if args.serial == "pty" else args.serial)
+        except OSError as exc:
+            print(f"{COMMAND}: cannot open {args.serial}: {exc.strerror}", file=sys.stderr)
+            return 1
+        pty.start()
+        print(
+            f"{COMMAND} modbus RTU on serial {pty.path} ({_line_text(line)}): "
+            f"target serial://{pty.path}?baudrate={baudrate}&parity={args.parity}"
+            f"&stopbits={args.stopbits}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await _until_stopped()
+        finally:
+            pty.close()
+    else:
+        listen: Address = args.listen
+        try:
+            server = await serve_rtu_over_tcp(line, listen.host, listen.port)
+        except OSError as exc:
+            print(f"{COMMAND}: cannot listen on {listen}: {exc}", file=sys.stderr)
+            return 1
+        port = server.sockets[0].getsockname()[1]
+        print(
+            f"{COMMAND} modbus RTU over TCP listening on {Address(listen.host, port)} "
+            f"({_line_text(line)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            await _until_stopped()
+        finally:
+            server.close()
+    stats = line.stats
+    print(
+        f"{COMMAND} modbus RTU stopped: requests={stats.requests} answers={stats.answers} "
+        f"broadcasts={stats.broadcasts} damaged={stats.damaged}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``example-server`` subcommand; returns the exit status.
 
     Contradicting options end in ``parser.error`` (exit status 2).
     """
+    parser: argparse.ArgumentParser = getattr(args, _PARSER_KEY)
+    if args.serial is not None or args.rtu:
+        if args.protocol != ProtocolName.MODBUS:
+            parser.error("--serial and --rtu serve the modbus protocol")
+        if args.serial is not None and args.rtu:
+            parser.error("--serial or --rtu, not both")
+        if args.fault or args.max_connections or args.accept_close or args.outage_every:
+            parser.error("faults and connection limits are for TCP targets, not RTU lines")
+        return asyncio.run(serve_rtu(args))
+    if args.baudrate is not None:
+        parser.error("--baudrate is for --serial and --rtu")
     try:
         config = config_from_args(args)
     except ConfigError as exc:
-        parser: argparse.ArgumentParser = getattr(args, _PARSER_KEY)
         parser.error(str(exc))
     return asyncio.run(serve(config))
 

@@ -47,7 +47,7 @@ def configure_keepalive(transport: asyncio.BaseTransport, idle_seconds: float) -
 class TcpConnector:
     """Opens TCP connections to one target address."""
 
-    __slots__ = ("_address", "_keepalive", "_timeout", "ssl")
+    __slots__ = ("_address", "_keepalive", "_name", "_timeout", "ssl")
 
     def __init__(
         self,
@@ -56,8 +56,11 @@ class TcpConnector:
         connect_timeout: float,
         keepalive_idle: float,
         ssl: ssl_module.SSLContext | None = None,
+        name: str | None = None,
     ) -> None:
         self._address = address
+        self._name = name or str(address)
+        """How logs and metrics name the target (its URL, rtu+tcp://HOST:PORT)."""
         self._timeout = connect_timeout
         self._keepalive = keepalive_idle
         self.ssl = ssl
@@ -65,7 +68,7 @@ class TcpConnector:
 
     @property
     def target(self) -> str:
-        return str(self._address)
+        return self._name
 
     async def connect(
         self, protocol_factory: Callable[[], asyncio.Protocol]

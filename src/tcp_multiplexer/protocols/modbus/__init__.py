@@ -1,5 +1,6 @@
-"""modbus: Modbus/TCP, with owned transaction ids, coalescing, a read cache and
-read-only refusal (the gateway policy)."""
+"""modbus: Modbus/TCP to clients; Modbus/TCP, RTU over TCP or RTU on a serial line to
+devices; owned transaction ids, coalescing, a read cache, write rules, and routing by
+unit id with unit remapping."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from typing import Final
 
 from tcp_multiplexer.protocols.modbus import access
 from tcp_multiplexer.protocols.modbus.access import WriteFilter
-from tcp_multiplexer.protocols.modbus.codec import client_codec, target_codec
+from tcp_multiplexer.protocols.modbus.codec import (
+    client_codec,
+    plan_targets,
+    route_key,
+    target_codec,
+    target_codec_for,
+)
 from tcp_multiplexer.protocols.modbus.device import ModbusDevice
 from tcp_multiplexer.protocols.modbus.gateway import gateway_policy
 from tcp_multiplexer.protocols.modbus.options import (
@@ -28,6 +35,7 @@ EVENTS: Final = (
     "exceptions_sent_0x06",
     "exceptions_sent_0x0a",
     "exceptions_sent_0x0b",
+    "unrouted",
 )
 """What the Modbus codecs and policy count, besides the core's own counters."""
 
@@ -51,6 +59,9 @@ SPEC = ProtocolSpec(
     gateway_policy=gateway_policy,
     client_filter=client_filter,
     events=EVENTS,
+    plan_targets=plan_targets,
+    target_codec_for=target_codec_for,
+    route_key=route_key,
 )
 
 __all__ = ["SPEC", "ModbusOptions"]

@@ -1,4 +1,4 @@
-"""The Modbus/TCP codecs: what clients send, and what the device is sent.
+"""The Modbus codecs: what clients send, and what the device is sent (Modbus/TCP or RTU).
 
 Clients: MBAP framing, and exception answers from the gateway itself (0x0A target
 unreachable, 0x06 no free connection in time, 0x0B sent but not answered), with the
@@ -8,14 +8,18 @@ Target: each request leaves with a transaction id the multiplexer owns (one id s
 of 65536 per connection), and the answer gets the client's id and unit back, so a
 late, doubled or stray answer can never reach the wrong client. With `lenient_ids`,
 for gateways that do not echo ids faithfully, answers are matched in order instead.
+A unit map rewrites the unit id for the device. RTU targets get frames with a CRC and
+no MBAP header, one request at a time.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Final
 
 from tcp_multiplexer.core.interfaces import Correlation, FailureReason
+from tcp_multiplexer.protocols.modbus import routes
 from tcp_multiplexer.protocols.modbus.mbap import (
     EXCEPTION_FLAG,
     ExceptionCode,
@@ -23,7 +27,15 @@ from tcp_multiplexer.protocols.modbus.mbap import (
     exception_response,
 )
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.rtu import (
+    BROADCAST,
+    BROADCAST_TURNAROUND,
+    RtuAnswerFramer,
+    adu_from_rtu,
+    rtu_from_adu,
+)
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.target import Target, TargetPlan
 
 TRANSACTION_IDS: Final = 0x10000
 """Modbus transaction ids are 16 bits."""
@@ -101,6 +113,80 @@ class LenientModbusTargetCodec(ModbusTargetCodec):
         return request
 
 
+def _unit_table(unit_map: Mapping[int, int]) -> bytes:
+    """Every unit id, mapped: index by the client's unit, read the device's."""
+    return bytes(unit_map.get(unit, unit) for unit in range(256))
+
+
+class RemappedModbusTargetCodec(ModbusTargetCodec):
+    """Modbus/TCP with the unit id rewritten for the device (`--unit-map`); `decode`
+    puts the client's back."""
+
+    __slots__ = ("_units",)
+
+    def __init__(self, unit_map: Mapping[int, int], *, events: Counter[str] | None = None):
+        super().__init__(events=events)
+        self._units = _unit_table(unit_map)
+
+    def encode(self, request: bytes, wire_id: int) -> bytes:
+        unit = request[6]
+        return (
+            wire_id.to_bytes(2, "big") + request[2:6] + self._units[unit : unit + 1] + request[7:]
+        )
+
+
+class RemappedLenientModbusTargetCodec(LenientModbusTargetCodec):
+    __slots__ = ("_units",)
+
+    def __init__(self, unit_map: Mapping[int, int], *, events: Counter[str] | None = None):
+        super().__init__(lenient_ids=True, events=events)
+        self._units = _unit_table(unit_map)
+
+    def encode(self, request: bytes, wire_id: int) -> bytes:
+        unit = request[6]
+        return request[:6] + self._units[unit : unit + 1] + request[7:]
+
+
+class RtuTargetCodec:
+    """Modbus RTU to the device (a serial line, or an RTU-over-TCP converter).
+
+    Out: the MBAP header off, the (mapped) unit id and the PDU, the CRC on. Back: the
+    answer's unit id and PDU under the client's MBAP header. One request at a time
+    (`Correlation.SOLE`); a broadcast (unit 0) gets no answer and the line rests for
+    the turnaround delay.
+    """
+
+    __slots__ = ("_events", "_units")
+
+    correlation: Final = Correlation.SOLE
+    id_space: Final = 0
+    transparent: Final = False
+    framing_needs_requests: Final = True
+    """The framer must know which unit and function the answer is for."""
+    turnaround: Final = BROADCAST_TURNAROUND
+
+    def __init__(self, unit_map: Mapping[int, int], events: Counter[str]) -> None:
+        self._units = _unit_table(unit_map)
+        self._events = events
+
+    def response_framer(self) -> RtuAnswerFramer:
+        return RtuAnswerFramer()
+
+    def encode(self, request: bytes, wire_id: int) -> bytes:
+        return rtu_from_adu(request, self._units[request[6]])
+
+    def decode(self, request: bytes, answer: bytes) -> bytes:
+        if answer[1] & EXCEPTION_FLAG:
+            self._events["device_exceptions"] += 1
+        return adu_from_rtu(request, answer)
+
+    def answer_id(self, answer: bytes) -> int:
+        raise NotImplementedError("RTU answers are matched one at a time, not by id")
+
+    def answer_expected(self, wire: bytes) -> bool:
+        return wire[0] != BROADCAST
+
+
 def client_codec(options: ModbusOptions) -> ModbusClientCodec:
     return ModbusClientCodec()
 
@@ -109,3 +195,26 @@ def target_codec(options: ModbusOptions, events: Counter[str]) -> ModbusTargetCo
     if options.lenient_ids:
         return LenientModbusTargetCodec(lenient_ids=True, events=events)
     return ModbusTargetCodec(events=events)
+
+
+def target_codec_for(
+    options: ModbusOptions, events: Counter[str], plan: TargetPlan
+) -> ModbusTargetCodec | RtuTargetCodec:
+    """The codec for one target of a bridge: RTU or Modbus/TCP, with its unit map."""
+    if plan.target.framing == "rtu":
+        return RtuTargetCodec(plan.key_map, events)
+    if not plan.key_map:
+        return target_codec(options, events)
+    if options.lenient_ids:
+        return RemappedLenientModbusTargetCodec(plan.key_map, events=events)
+    return RemappedModbusTargetCodec(plan.key_map, events=events)
+
+
+def route_key(request: bytes) -> int:
+    """What a Modbus request is routed by: its unit id."""
+    return request[6]
+
+
+def plan_targets(options: ModbusOptions, default: Target | None) -> list[TargetPlan]:
+    """The targets of a Modbus bridge: its own, and its routes'."""
+    return routes.plan_targets(default, options.routes, options.unit_map)

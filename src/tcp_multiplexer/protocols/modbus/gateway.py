@@ -146,8 +146,8 @@ class ModbusGatewayPolicy:
             return
         cache = self._cache
         key = request.coalesce_key
-        if cache is None or answer[7] & EXCEPTION_FLAG or key is None:
-            return
+        if cache is None or key is None or len(answer) < 9 or answer[7] & EXCEPTION_FLAG:
+            return  # nothing to cache: off, a write, no answer (a broadcast), an exception
         read = read_key(payload)
         generation = key[1] if isinstance(key, tuple) else 0
         if read is not None and generation == self._generation[read.unit]:

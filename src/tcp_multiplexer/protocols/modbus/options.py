@@ -9,8 +9,17 @@ from typing import Any, Final
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Option, duration_value
 from tcp_multiplexer.protocols.modbus.access import WriteRule, rules_toml, rules_value
+from tcp_multiplexer.protocols.modbus.routes import (
+    Route,
+    check_routes,
+    parse_route,
+    routes_toml,
+    unit_map_toml,
+    unit_pair,
+)
 
 GROUP: Final = "modbus gateway"
+ROUTE_GROUP: Final = "modbus devices: serial, RTU over TCP, routing by unit id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +33,15 @@ class ModbusOptions:
     write_rules: tuple[WriteRule, ...] = ()
     """Who may write what, first match wins (config file only); empty: `read_only`
     for everyone."""
+    routes: tuple[Route, ...] = ()
+    """Unit ids sent to targets of their own (protocols/modbus/routes.py)."""
+    unit_map: tuple[tuple[int, int], ...] = ()
+    """(client unit, device unit): rewritten on the way to the device and back."""
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
             raise ConfigError("must not be negative", key="cache-ttl")
+        check_routes(self.routes, self.unit_map)
 
 
 OPTIONS: Final = (
@@ -72,6 +86,29 @@ OPTIONS: Final = (
         command_line_too=False,
         render=rules_toml,
     ),
+    Option(
+        "route",
+        "send requests for these unit ids to their own target: UNITS=TARGET, such as "
+        "2=serial:///dev/ttyUSB0 or 3-4=rtu+tcp://192.168.1.40:502; repeat it for several "
+        "(units without a route go to --target, or get 0x0B without one)",
+        parse_route,
+        None,
+        metavar="UNITS=TARGET",
+        repeatable=True,
+        group=ROUTE_GROUP,
+        render=routes_toml,
+    ),
+    Option(
+        "unit-map",
+        "rewrite a client's unit id for its device and back: CLIENT=DEVICE, such as 1=3; "
+        "repeat it for several (one-to-one on each target)",
+        unit_pair,
+        None,
+        metavar="CLIENT=DEVICE",
+        repeatable=True,
+        group=ROUTE_GROUP,
+        render=unit_map_toml,
+    ),
 )
 
 
@@ -87,6 +124,8 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         cache_ttl=values["cache_ttl"],
         read_only=values["read_only"],
         write_rules=values["write_rules"],
+        routes=values["route"],
+        unit_map=values["unit_map"],
     )
 
 
@@ -98,4 +137,6 @@ def option_values(options: ModbusOptions) -> dict[str, Any]:
         "cache-ttl": options.cache_ttl,
         "read-only": options.read_only,
         "write-rules": options.write_rules,
+        "route": options.routes,
+        "unit-map": options.unit_map,
     }

@@ -1,0 +1,82 @@
+"""Serial lines: the connector of `serial://` targets (a USB RS-485 adapter).
+
+Through pyserial-asyncio-fast, an optional extra (``pip install
+'tcp-multiplexer[serial]'``): an asyncio transport over a pyserial port that writes
+eagerly (no writer callback per frame), kept up by the Home Assistant project, and the
+same API as pyserial-asyncio. A port that does not exist, or that vanishes (the
+adapter unplugged), fails like a target that is down: the pool answers clients at once
+and reopens it with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import termios
+from collections.abc import Callable
+from typing import Any
+
+from tcp_multiplexer.target import Target
+
+SERIAL_MODULE = "serial_asyncio_fast"
+
+
+def serial_available() -> bool:
+    """True if serial targets can be opened (the serial extra is installed)."""
+    return importlib.util.find_spec(SERIAL_MODULE) is not None
+
+
+class SerialConnector:
+    """Opens a target's serial port with its line settings."""
+
+    __slots__ = ("_line", "_timeout")
+
+    def __init__(self, line: Target, *, connect_timeout: float) -> None:
+        self._line = line
+        self._timeout = connect_timeout
+
+    @property
+    def target(self) -> str:
+        return str(self._line)
+
+    async def connect(
+        self, protocol_factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        """The port, opened and with its input flushed (nothing stale is read).
+
+        Raises:
+            OSError: no such port, no permission, the extra is missing
+                (serial.SerialException is an OSError).
+            TimeoutError: not open within the connect timeout.
+        """
+        try:
+            import serial
+            import serial_asyncio_fast
+        except ImportError as exc:
+            raise OSError(
+                f"cannot open {self._line.device}: pip install 'tcp-multiplexer[serial]'"
+            ) from exc
+        line = self._line
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                transport, protocol = await serial_asyncio_fast.create_serial_connection(
+                    loop,
+                    protocol_factory,
+                    line.device,
+                    baudrate=line.baudrate,
+                    parity={"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN}.get(
+                        line.parity, serial.PARITY_ODD
+                    ),
+                    stopbits=line.stopbits,
+                    bytesize=line.bytesize,
+                )
+        except (termios.error, ValueError) as exc:
+            # The port exists but refuses these settings (a pseudo-terminal that takes
+            # no parity, a speed the adapter lacks): like a target that is down.
+            raise OSError(
+                f"{line.device} refuses {line.baudrate} baud 8{line.parity}{line.stopbits}: {exc}"
+            ) from exc
+        port: Any = transport.serial
+        port.reset_input_buffer()
+        return transport, protocol

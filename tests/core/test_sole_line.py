@@ -1,0 +1,146 @@
+"""A target connection of `Correlation.SOLE` (a Modbus RTU line, one master) alone.
+
+One request at a time; a timeout or a damaged answer fails only its request and the
+line serves the next at once; a broadcast is done, unanswered, after the turnaround; a
+late answer is dropped without closing the line. A memory transport stands in for
+the line and the virtual clock moves only when told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import cast
+
+from tcp_multiplexer.core.interfaces import FailureReason, Request
+from tcp_multiplexer.core.poller import Poller
+from tcp_multiplexer.core.upstream import UpstreamConnection
+from tcp_multiplexer.observability.metrics import TargetMetrics
+from tcp_multiplexer.protocols.modbus.codec import RtuTargetCodec
+from tcp_multiplexer.protocols.modbus.rtu import BROADCAST_TURNAROUND, rtu_from_adu, with_crc
+from tcp_multiplexer.testing import MemoryTransport, VirtualClock
+from tests.core.fakes import LOG, FakeOwner, FakeSink
+from tests.modbus.adu import read_request, registers_answer, write_register
+
+TIMEOUT = 1.0
+
+
+class Line:
+    def __init__(self, *, max_inflight: int = 4, unit_map: dict[int, int] | None = None) -> None:
+        self.clock = VirtualClock()
+        self.sink = FakeSink()
+        self.metrics = TargetMetrics(Counter())
+        self.connection = UpstreamConnection(
+            "serial:///dev/ttyUSB0",
+            RtuTargetCodec(unit_map or {}, Counter()),
+            self.sink,
+            self.metrics,
+            Poller(self.clock, 0.0),
+            clock=self.clock,
+            log=LOG,
+            timeout=TIMEOUT,
+            max_inflight=max_inflight,
+            request_gap=0.0,
+        )
+        self.transport = MemoryTransport(self.connection)
+        self.connection.connection_made(cast(asyncio.Transport, self.transport))
+        self.connection.mark_ready()
+        self.owner = FakeOwner("client")
+
+    def is_open(self) -> bool:
+        return not (self.transport.closed or self.transport.aborted)
+
+    def send(self, payload: bytes) -> Request:
+        request = Request(self.owner, payload, self.clock.time())
+        assert self.connection.can_send
+        self.connection.send(request, self.clock.time())
+        return request
+
+
+def rtu_registers(unit: int, values: list[int]) -> bytes:
+    data = b"".join(value.to_bytes(2, "big") for value in values)
+    return with_crc(bytes([unit, 3, len(data)]) + data)
+
+
+async def test_the_request_goes_as_rtu_and_the_answer_returns_under_the_clients_header() -> None:
+    line = Line()
+    request = line.send(read_request(0x1234, 5, 100, 2))
+    assert line.transport.take() == rtu_from_adu(read_request(0x1234, 5, 100, 2), 5)
+    line.connection.data_received(rtu_registers(5, [7, 8]))
+    assert line.sink.finished == [(request, registers_answer(0x1234, 5, [7, 8]), False)]
+
+
+async def test_one_request_at_a_time_whatever_max_inflight_says() -> None:
+    line = Line(max_inflight=8)
+    line.send(read_request(1, 1, 0, 1))
+    assert not line.connection.can_send, "a serial line has one master and one question"
+    line.connection.data_received(rtu_registers(1, [1]))
+    assert line.connection.can_send
+
+
+async def test_a_timeout_fails_that_request_only_and_the_next_goes_at_once() -> None:
+    line = Line()
+    silent = line.send(read_request(1, 9, 0, 1))
+    line.clock.advance(TIMEOUT + 0.001)
+    assert line.sink.failed == [(silent, FailureReason.TIMEOUT)]
+    assert line.is_open(), "the line stays open"
+    assert line.connection.can_send, "the bus serves the next request at once"
+    assert line.sink.available == 1
+    answered = line.send(read_request(2, 1, 0, 1))
+    line.connection.data_received(rtu_registers(1, [42]))
+    assert line.sink.finished == [(answered, registers_answer(2, 1, [42]), False)]
+
+
+async def test_timeouts_in_a_row_never_close_the_line() -> None:
+    line = Line()
+    for tid in range(5):
+        line.send(read_request(tid, 9, 0, 1))
+        line.clock.advance(TIMEOUT + 0.001)
+    assert len(line.sink.failed) == 5
+    assert line.is_open()
+
+
+async def test_a_damaged_answer_fails_its_request_and_is_never_retried() -> None:
+    line = Line()
+    request = line.send(read_request(3, 1, 0, 1))
+    damaged = bytearray(rtu_registers(1, [99]))
+    damaged[-1] ^= 0xFF
+    line.connection.data_received(bytes(damaged))
+    assert line.sink.failed == [(request, FailureReason.BROKEN)]
+    assert line.metrics.damaged_answers == 1
+    assert line.transport.take() == rtu_from_adu(request.payload, 1), "sent once, not again"
+    assert line.is_open()
+    assert line.connection.can_send
+    line.clock.advance(TIMEOUT * 3)
+    assert len(line.sink.failed) == 1, "its timer is gone with it"
+
+
+async def test_a_broadcast_gets_no_answer_and_the_line_rests_for_the_turnaround() -> None:
+    line = Line()
+    broadcast = line.send(write_register(4, 0, 10, 1))
+    assert not line.connection.can_send
+    line.clock.advance(BROADCAST_TURNAROUND - 0.001)
+    assert not line.sink.finished
+    line.clock.advance(0.002)
+    assert line.sink.finished == [(broadcast, b"", False)], "done, with nothing to send back"
+    assert line.connection.can_send
+    line.clock.advance(TIMEOUT * 2)
+    assert not line.sink.failed, "no timeout follows"
+
+
+async def test_a_late_answer_with_nothing_outstanding_is_dropped_and_the_line_stays() -> None:
+    line = Line()
+    line.send(read_request(5, 1, 0, 1))
+    line.clock.advance(TIMEOUT + 0.001)
+    line.connection.data_received(rtu_registers(1, [1]))
+    assert line.metrics.unexpected_answers == 1
+    assert not line.sink.finished
+    assert line.is_open()
+
+
+async def test_the_unit_map_rewrites_the_unit_both_ways() -> None:
+    line = Line(unit_map={1: 3})
+    request = line.send(read_request(6, 1, 0, 1))
+    assert line.transport.take()[0] == 3, "the device's unit on the line"
+    line.connection.data_received(rtu_registers(3, [5]))
+    assert line.sink.finished == [(request, registers_answer(6, 1, [5]), False)]
