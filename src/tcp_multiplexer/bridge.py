@@ -183,8 +183,11 @@ class Bridge:
         self.pool = first.pool
         self.dispatcher = first.dispatcher
         """The bridge's own target's (the first route's, without one)."""
+        # One target that takes every key needs no router (nor its cost per request).
         self._dispatch: Dispatch = (
-            first.dispatcher if len(paths) == 1 else self._router(plans, paths)
+            first.dispatcher
+            if len(paths) == 1 and plans[0].keys is None
+            else self._router(plans, paths)
         )
         self.clients = ClientMetrics()
         self._sessions: set[ClientConnection] = set()
