@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from tcp_multiplexer.protocols.modbus.rtu import rtu_from_adu, with_crc
 from tests.framing.builders import (
     chunked,
     http_request,
@@ -43,6 +44,23 @@ def _gateway() -> list[bytes]:
     ]
 
 
+def _rtu() -> dict[str, list[bytes]]:
+    read = read_request(1, 1, 0, 2)
+    answer = with_crc(registers_answer(0, 1, [7, 8])[6:])
+    exception = with_crc(b"\x01\x83\x02")
+    foreign = with_crc(registers_answer(0, 2, [1])[6:])
+    write = rtu_from_adu(write_registers(2, 1, 9, [1, 2, 3]))
+    return {
+        "rtu-answers": [
+            b"\x01\x03" + steer + stream
+            for stream in (answer, foreign + answer, b"\x00\xff" + answer, exception)
+            for steer in (NO_CUTS, THREE_CUTS)
+        ],
+        "rtu-requests": _framer(rtu_from_adu(read) + write, write[:-1] + b"\x00"),
+        "rtu-codec": [b"\x01" + read + answer, b"\x05" + read + exception, b"\x00" + read],
+    }
+
+
 SEEDS: Final[dict[str, list[bytes]]] = {
     "echo": _framer(line(b"hello") + line(b"") + line(b"x" * 70), b"no newline"),
     "echo-default": _framer(line(b"hello") + line(b"world")),
@@ -75,4 +93,5 @@ SEEDS: Final[dict[str, list[bytes]]] = {
     ],
     "http-codec": [http_request(b"GET"), http_request(b"HEAD"), post(b"a")],
     "modbus-gateway": _gateway(),
+    **_rtu(),
 }

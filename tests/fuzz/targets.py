@@ -11,6 +11,13 @@ raised by mistake):
 - codecs: a framed request and answer go through encode, decode, answer_id and every
   gateway answer, and what comes out frames as exactly one message of the protocol,
   carrying the ids it should;
+- the RTU framers: the answer framer, told which unit and function it waits for,
+  gives the same outcome whole and cut (at most one frame, or `FramingError`); a frame
+  it gives is that unit's and function's, its CRC checked and in the stream; nothing
+  held past 256 bytes. The request framer gives the same frames whole and cut, each a
+  whole CRC-checked request, up to the first damaged one;
+- the RTU target codec: a framed request encodes as one RTU frame to the mapped unit,
+  and the device's answer, framed, decodes into one ADU with the client's ids;
 - the Modbus gateway policy: a run of framed requests, answers and gateway answers
   through the read cache, coalescing keys and a client's write filter; every local
   answer is a well-formed ADU with the request's transaction id, a cached answer is
@@ -46,6 +53,7 @@ from tcp_multiplexer.protocols.modbus.codec import (
     LenientModbusTargetCodec,
     ModbusClientCodec,
     ModbusTargetCodec,
+    RtuTargetCodec,
 )
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key
 from tcp_multiplexer.protocols.modbus.mbap import (
@@ -54,6 +62,15 @@ from tcp_multiplexer.protocols.modbus.mbap import (
     MbapFramer,
 )
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.rtu import (
+    RTU_MAX_FRAME,
+    RtuAnswerFramer,
+    RtuRequestFramer,
+    answer_length,
+    crc_ok,
+    request_length,
+    with_crc,
+)
 from tcp_multiplexer.protocols.spec import ClientIdentity
 
 Target = Callable[[bytes], None]
@@ -193,6 +210,109 @@ def http_codec(data: bytes) -> None:
         assert codec.encode(request, 0) == request
 
 
+# ---------------------------------------------------------------------------- RTU
+
+
+def _rtu_answers(expected: bytes, chunks: list[bytes]) -> tuple[list[bytes], bool]:
+    """Feed an answer framer waiting for `expected` (unit, function); (frames, failed)."""
+    framer = RtuAnswerFramer()
+    framer.expect_response(with_crc(expected + b"\x00\x00\x00\x01"))
+    frames: list[bytes] = []
+    try:
+        for chunk in chunks:
+            frames += framer.feed(chunk)
+            assert framer.buffered <= RTU_MAX_FRAME, f"{framer.buffered} bytes held"
+            if frames:
+                assert framer.buffered == 0, "nothing is held once the answer came"
+        frames += framer.feed_eof()
+    except FramingError:
+        return frames, True
+    return frames, False
+
+
+def rtu_answers(data: bytes) -> None:
+    """The answer framer's invariant (see the module docstring)."""
+    if len(data) < 2:
+        return
+    expected = data[:2]
+    cuts, stream = _cuts(data[2:])
+    whole = _rtu_answers(expected, [stream])
+    bounds = [0, *cuts, len(stream)]
+    cut = _rtu_answers(expected, [stream[start:end] for start, end in pairwise(bounds)])
+    assert whole == cut, f"whole: {whole}, cut: {cut}"
+    frames, _failed = whole
+    assert len(frames) <= 1, "one answer per request"
+    for frame in frames:
+        assert frame[0] == expected[0], "the unit asked"
+        assert frame[1] & 0x7F == expected[1], "the function asked (or its exception)"
+        framed = with_crc(frame)
+        assert crc_ok(framed)
+        assert answer_length(framed) == len(framed)
+        assert framed in stream, "the device's own bytes"
+
+
+def _rtu_requests(chunks: list[bytes]) -> tuple[list[bytes], bool]:
+    framer = RtuRequestFramer()
+    frames: list[bytes] = []
+    try:
+        for chunk in chunks:
+            frames += framer.feed(chunk)
+            if framer.buffered > RTU_MAX_FRAME:
+                framer.feed(b"")  # only a damaged frame after good ones is held so long
+                raise AssertionError(f"{framer.buffered} bytes held")
+        frames += framer.feed(b"")
+        frames += framer.feed_eof()
+    except FramingError:
+        return frames, True
+    return frames, False
+
+
+def rtu_requests(data: bytes) -> None:
+    """The request framer's invariant (see the module docstring)."""
+    cuts, stream = _cuts(data)
+    whole = _rtu_requests([stream])
+    bounds = [0, *cuts, len(stream)]
+    cut = _rtu_requests([stream[start:end] for start, end in pairwise(bounds)])
+    assert whole == cut, f"whole: {whole}, cut: {cut}"
+    frames, failed = whole
+    assert stream.startswith(b"".join(frames)), "the stream's leading bytes"
+    for frame in frames:
+        assert crc_ok(frame)
+        assert request_length(frame) == len(frame)
+    if not failed:
+        assert b"".join(frames) == stream
+
+
+def rtu_codec(data: bytes) -> None:
+    """A framed request through the RTU codec (unit map steered by the first byte) and
+    the rest of the input, framed as its answer, back."""
+    if not data:
+        return
+    messages = _messages(MbapFramer(), data[1:])
+    if not messages:
+        return
+    request = messages[0]
+    device_unit = data[0]
+    codec = RtuTargetCodec({request[6]: device_unit}, Counter())
+    wire = codec.encode(request, 0)
+    assert crc_ok(wire), "the CRC is on"
+    assert wire[0] == device_unit, "the device's unit"
+    assert wire[1:-2] == request[7:], "the PDU as the client sent it"
+    framer = RtuAnswerFramer()
+    framer.expect_response(wire)
+    rest = data[1 + len(request) :]
+    try:
+        frames = framer.feed(rest)
+    except FramingError:
+        return
+    assert codec.answer_expected(wire) == (device_unit != 0)
+    for frame in frames:
+        back = _one_adu(codec.decode(request, frame))
+        assert back[:2] == request[:2], "the client's transaction id"
+        assert back[6] == request[6], "the client's unit id"
+        assert back[7:] == frame[1:], "the device's PDU"
+
+
 # ---------------------------------------------------------------------------- gateway
 
 
@@ -298,5 +418,8 @@ TARGETS: Final[dict[str, Target]] = {
     "modbus-codecs": modbus_codecs,
     "http-codec": http_codec,
     "modbus-gateway": modbus_gateway,
+    "rtu-answers": rtu_answers,
+    "rtu-requests": rtu_requests,
+    "rtu-codec": rtu_codec,
 }
 """Every fuzz target by name (the corpus folder of each is tests/fuzz/corpus/NAME)."""

@@ -140,6 +140,17 @@ def test_the_request_framer_cuts_requests_and_drops_damaged_ones() -> None:
     assert framer.feed(one) == [one]
 
 
+def test_good_requests_before_a_damaged_one_in_the_same_read_are_kept() -> None:
+    framer = RtuRequestFramer()
+    one = rtu_from_adu(READ)
+    damaged = one[:-1] + bytes((one[-1] ^ 0xFF,))
+    assert framer.feed(one + one + damaged) == [one, one]
+    with pytest.raises(DamagedMessage):
+        framer.feed(b"")
+    assert framer.buffered == 0
+    assert framer.feed(one) == [one]
+
+
 def test_the_codec_translates_both_ways_with_the_unit_map() -> None:
     events: Counter[str] = Counter()
     codec = RtuTargetCodec({3: 1}, events)

@@ -125,14 +125,19 @@ class _RtuConnection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self._framer.feed(data)
-        except FramingError as exc:
-            self._line.stats.damaged += 1
-            logger.debug("ignored a damaged frame: %s", exc)
-            return
-        for frame in frames:
-            self._queue.put_nowait(frame)
+        framer = self._framer
+        while True:
+            try:
+                frames = framer.feed(data)
+            except FramingError as exc:
+                self._line.stats.damaged += 1
+                logger.debug("ignored a damaged frame: %s", exc)
+                return
+            for frame in frames:
+                self._queue.put_nowait(frame)
+            if not frames or not framer.buffered:
+                return
+            data = b""  # good frames came first: a damaged one may be held
 
     async def _serve(self) -> None:
         while True:

@@ -219,7 +219,8 @@ class RtuRequestFramer:
     """Cuts a stream of RTU requests (the example device's side), CRC kept.
 
     A frame with a bad CRC raises `DamagedMessage` and what was held is dropped, as a
-    device ignores a damaged frame and waits for the next one.
+    device ignores a damaged frame and waits for the next one; the good frames before
+    it in the same feed are returned first, and the damage raised on the next feed.
     """
 
     __slots__ = ("_buf",)
@@ -239,9 +240,13 @@ class RtuRequestFramer:
         buf += data
         frames: list[bytes] = []
         while True:
+            # A damaged frame after good ones: the good ones now, the damage on the
+            # next feed (the bytes stay held until then).
             try:
                 size = request_length(buf)
             except DamagedMessage:
+                if frames:
+                    return frames
                 buf.clear()
                 raise
             if size is None or len(buf) < size:
@@ -250,10 +255,12 @@ class RtuRequestFramer:
                     raise MessageTooLarge(_NAME, "RTU request longer than 256 bytes")
                 return frames
             frame = bytes(buf[:size])
-            del buf[:size]
             if not crc_ok(frame):
+                if frames:
+                    return frames
                 buf.clear()
                 raise DamagedMessage(_NAME, f"bad CRC in {frame.hex(' ')}")
+            del buf[:size]
             frames.append(frame)
 
     def feed_eof(self) -> list[bytes]:
