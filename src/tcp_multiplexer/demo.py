@@ -4,12 +4,17 @@ No hardware and no arguments needed. It starts:
 - a simulated Modbus device that accepts ONE connection and answers in about 20 ms,
   as many solar inverters do;
 - the multiplexer in front of it, on a free loopback port;
+- a simulated energy meter (unit 2) on an RS-485 line at 9600 baud: a serial port on
+  a pseudo-terminal when the serial extra is installed, else behind a simulated
+  RTU-over-TCP converter; the multiplexer routes unit 2 to it and every other unit to
+  the inverter, behind the same port;
 - a few simulated clients (named after the usual suspects) polling registers through
   the multiplexer at once, each checking every value it gets back.
 
 Halfway through, the inverter restarts (down for 1.5 s, as at night): the clients get
-Modbus exception answers at once instead of hanging, and the multiplexer reconnects by
-itself. Once a second it prints what happens; after `--duration` (or Ctrl-C) a summary.
+Modbus exception answers at once instead of hanging, the meter's reader does not
+notice, and the multiplexer reconnects by itself. Once a second it prints what happens;
+after `--duration` (or Ctrl-C) a summary.
 """
 
 from __future__ import annotations
@@ -30,14 +35,21 @@ from tcp_multiplexer.observability.metrics import LatencyHistogram
 from tcp_multiplexer.options import Address, parse_duration
 from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.protocols.modbus.mbap import MbapFramer, read_request
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.routes import Route
 from tcp_multiplexer.protocols.spec import ProtocolName
-from tcp_multiplexer.target import Target
+from tcp_multiplexer.target import Target, parse_target_url
+from tcp_multiplexer.targets.rtu import PtyLine, RtuLine, serve_rtu_over_tcp
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
+from tcp_multiplexer.transports.serial import serial_available
 
 DEVICE_ANSWER_DELAY: Final = 0.020
 """A typical inverter's Modbus answer time."""
 RESTART_DOWNTIME: Final = 1.5
 """How long the simulated inverter is away when it restarts halfway through."""
+METER_UNIT: Final = 2
+"""The energy meter's unit id on its RS-485 line."""
+METER_BAUDRATE: Final = 9600
 DEMO_DURATION: Final = 10.0
 """How long the demo runs unless told otherwise."""
 MIN_DURATION_FOR_RESTART: Final = 6.0
@@ -60,8 +72,10 @@ DEMO_POLLERS: Final = (
     PollerSpec("evcc", 1, 30000, 40, 0.25),
     PollerSpec("data-logger", 1, 32000, 20, 0.5),
     PollerSpec("vendor-app", 1, 40000, 10, 1.0),
+    PollerSpec("meter-reader", METER_UNIT, 0, 10, 0.5),
 )
-"""Home Assistant and evcc poll the same block: the multiplexer coalesces those reads."""
+"""Home Assistant and evcc poll the same block: the multiplexer coalesces those reads.
+The meter reader asks unit 2: the meter on the serial line."""
 
 
 @dataclass(slots=True)
@@ -137,6 +151,19 @@ async def run_demo(duration: float, out: TextIO) -> int:
         )
     )
     await device.start()
+    meter = RtuLine(baudrate=METER_BAUDRATE, parity="N", stopbits=2, units=frozenset({METER_UNIT}))
+    meter_port: PtyLine | None = None
+    meter_converter: asyncio.Server | None = None
+    if serial_available():
+        meter_port = PtyLine(meter)
+        meter_port.start()
+        meter_url = f"serial://{meter_port.path}?baudrate={METER_BAUDRATE}&parity=N&stopbits=2"
+        meter_where = f"on serial port {meter_port.path}"
+    else:
+        meter_converter = await serve_rtu_over_tcp(meter, "127.0.0.1", 0)
+        converter_port = meter_converter.sockets[0].getsockname()[1]
+        meter_url = f"rtu+tcp://127.0.0.1:{converter_port}"
+        meter_where = f"behind an RTU-over-TCP converter on 127.0.0.1:{converter_port}"
     app = App(
         AppConfig(
             bridges=(
@@ -147,6 +174,9 @@ async def run_demo(duration: float, out: TextIO) -> int:
                     listen=(Address("127.0.0.1", 0),),
                     timeout=2.0,
                     reconnect_backoff=0.2,
+                    protocol_options=ModbusOptions(
+                        routes=(Route(frozenset({METER_UNIT}), parse_target_url(meter_url)),)
+                    ),
                 ),
             ),
             metrics_interval=0.0,
@@ -161,6 +191,8 @@ async def run_demo(duration: float, out: TextIO) -> int:
     print(
         f"simulated inverter on 127.0.0.1:{device.port}: accepts ONE connection, answers in "
         f"{_ms(DEVICE_ANSWER_DELAY)}\n"
+        f"simulated energy meter, unit {METER_UNIT}, on an RS-485 line at {METER_BAUDRATE} "
+        f"baud {meter_where}\n"
         f"multiplexer on 127.0.0.1:{multiplexer.port}, {len(DEMO_POLLERS)} clients polling "
         f"through it for {duration:g}s (Ctrl-C ends early)\n",
         file=out,
@@ -213,6 +245,10 @@ async def run_demo(duration: float, out: TextIO) -> int:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         await app.stop(grace=1.0)
         await device.stop()
+        if meter_port is not None:
+            meter_port.close()
+        if meter_converter is not None:
+            meter_converter.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     failures = [result for result in results if isinstance(result, BaseException)]
@@ -234,6 +270,8 @@ async def run_demo(duration: float, out: TextIO) -> int:
         f"answered {device.stats.requests} requests for {total_answers + total_exceptions} "
         f"client answers ({multiplexer.metrics.events.get('coalesced', 0)} reads shared by "
         f"coalescing)\n"
+        f"  the meter's line carried {meter.stats.answers} answers, unit {METER_UNIT} routed to "
+        f"it through the same port\n"
         f"  gateway answers while it was away: {gateway_answers or 'none'}; wrong answers: "
         f"{total_wrong}",
         file=out,

@@ -25,8 +25,15 @@ async def test_demo_shares_one_device_connection_and_survives_its_restart() -> N
     assert accepted is not None, text
     assert int(accepted.group(1)) >= 2
     assert "wrong answers: 0" in text
-    for name in ("home-assistant", "evcc", "data-logger", "vendor-app"):
+    for name in ("home-assistant", "evcc", "data-logger", "vendor-app", "meter-reader"):
         match = re.search(rf"{name} +(\d+) correct answers, 0 wrong", text)
         assert match is not None, text
         assert int(match.group(1)) > 0
     assert re.search(r"\((\d+) reads shared by coalescing\)", text)
+    # The meter on its serial line is routed by unit id behind the same port, and does
+    # not notice the inverter's restart.
+    meter = re.search(r"meter-reader +(\d+) correct answers, 0 wrong, 0 exceptions", text)
+    assert meter is not None, text
+    line = re.search(r"the meter's line carried (\d+) answers", text)
+    assert line is not None, text
+    assert int(line.group(1)) == int(meter.group(1))
