@@ -109,6 +109,17 @@ async def open_client(
             await writer.wait_closed()
 
 
+def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m tcp_multiplexer ARGV` to its end (30 s at most): its status and output."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "tcp_multiplexer", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 class CliProcess:
     """`python -m tcp_multiplexer ...` in a subprocess; a thread collects its stderr."""
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Final
 
 import iso8583
 import iso8583.specs
+from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -133,6 +134,21 @@ class OneConnectionModbusServer(ModbusTcpServer):
         assert isinstance(listener, asyncio.Server)
         port: int = listener.sockets[0].getsockname()[1]
         return port
+
+
+@contextlib.asynccontextmanager
+async def pymodbus_client(
+    port: int, answer_timeout: float = 5.0
+) -> AsyncIterator[AsyncModbusTcpClient]:
+    """A connected pymodbus TCP client (no retries, no reconnects), closed on exit."""
+    client = AsyncModbusTcpClient(
+        LOOPBACK, port=port, timeout=answer_timeout, retries=0, reconnect_delay=0
+    )
+    try:
+        assert await client.connect(), f"pymodbus could not connect to port {port}"
+        yield client
+    finally:
+        client.close()
 
 
 @contextlib.asynccontextmanager

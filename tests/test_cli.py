@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +13,7 @@ from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.target import Target
+from tests.helpers import run_cli
 
 
 class Parsed:
@@ -107,16 +106,6 @@ def test_listen_may_be_repeated() -> None:
     ).bridges
     assert bridge.listen == (Address("127.0.0.1", 5020), Address("::1", 5020))
     assert bridge.name == "127.0.0.1:5020"
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "tcp_multiplexer", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

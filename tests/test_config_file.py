@@ -3,8 +3,6 @@ one clear line for every mistake; check-config prints what the server would run.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from tcp_multiplexer.config.render import render_config
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.target import Target
+from tests.helpers import run_cli
 from tests.tlscerts import make_ca
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
@@ -141,16 +140,6 @@ def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
 def test_what_check_config_prints_reads_back_as_the_same_config() -> None:
     config = parse_config(SITE, "site.toml")
     assert parse_config(render_config(config), "site.toml") == config
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "tcp_multiplexer", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_check_config_prints_every_setting_and_exits_0(tmp_path: Path) -> None:

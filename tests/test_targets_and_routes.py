@@ -3,8 +3,6 @@ and config files read them: what they mean, and one clear line for every mistake
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from tcp_multiplexer.options import Address
 from tcp_multiplexer.profiles import PROFILES, describe_profiles
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.target import RTU_TCP, SERIAL, Target, parse_target_url
+from tests.helpers import run_cli
 
 
 def test_a_plain_address_and_tcp_urls_are_modbus_tcp() -> None:
@@ -178,16 +177,6 @@ def test_every_profile_sets_valid_options_and_is_described() -> None:
     for name, profile in PROFILES.items():
         build_bridge({"profile": name, "target": "10.0.0.5:502"})
         assert f"{name}: {profile.device}" in text
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "tcp_multiplexer", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_the_profiles_command_and_bad_targets_on_the_command_line() -> None:

@@ -54,6 +54,7 @@ from tests.modbus.adu import (
     write_register,
     write_registers,
 )
+from tests.peers import pymodbus_client
 
 TEST_TIMEOUT: Final = 10.0
 """Bound of every test body; pytest-timeout is the outer guard."""
@@ -151,17 +152,6 @@ async def modbus_device(
 
 def gateway_config(target: TargetServer, **overrides: Any) -> AppConfig:
     return mux_config(target.port, protocol=ProtocolName.MODBUS, **overrides)
-
-
-@contextlib.asynccontextmanager
-async def pymodbus_client(port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    """A connected pymodbus client (no retries, no reconnects), closed on exit."""
-    client = AsyncModbusTcpClient(LOOPBACK, port=port, timeout=5, retries=0, reconnect_delay=0)
-    try:
-        assert await client.connect(), f"pymodbus could not connect to port {port}"
-        yield client
-    finally:
-        client.close()
 
 
 @contextlib.asynccontextmanager

@@ -7,16 +7,14 @@ batteries: everything the clients ask must share the multiplexer's single connec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tests.framing.builders import mbap
-from tests.helpers import LOOPBACK, mux_config, open_client, running_multiplexer
+from tests.helpers import mux_config, open_client, running_multiplexer
 from tests.modbus.adu import read_adu
 from tests.peers import (
     OneConnectionModbusServer,
@@ -24,6 +22,7 @@ from tests.peers import (
     holding_value,
     input_value,
     modbus_device,
+    pymodbus_client,
     refused_port,
 )
 
@@ -37,17 +36,6 @@ GATEWAY_PATH_UNAVAILABLE = 0x0A
 async def device() -> AsyncIterator[OneConnectionModbusServer]:
     async with modbus_device() as server:
         yield server
-
-
-@contextlib.asynccontextmanager
-async def pymodbus_client(port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    """A connected pymodbus client (no retries, no reconnects), closed on exit."""
-    client = AsyncModbusTcpClient(LOOPBACK, port=port, timeout=3, retries=0, reconnect_delay=0)
-    try:
-        assert await client.connect(), f"pymodbus could not connect to port {port}"
-        yield client
-    finally:
-        client.close()
 
 
 def read_request(tid: int, unit: int, function: int, address: int, count: int) -> bytes:
@@ -76,7 +64,7 @@ async def test_one_pymodbus_client_reads_and_writes(device: OneConnectionModbusS
     async with (
         asyncio.timeout(TEST_TIMEOUT),
         running_multiplexer(mux_config(device.port, protocol=ProtocolName.MODBUS)) as mux,
-        pymodbus_client(mux.port) as client,
+        pymodbus_client(mux.port, answer_timeout=3) as client,
     ):
         holding = await client.read_holding_registers(10, count=5, device_id=1)
         assert not holding.isError(), holding
@@ -118,7 +106,7 @@ async def test_ten_pymodbus_clients_share_one_device_connection(
     async def poll(index: int) -> list[tuple[int, int, list[int]]]:
         """`reads` reads of ranges no other client asks for; (function, address, values)."""
         seen: list[tuple[int, int, list[int]]] = []
-        async with pymodbus_client(mux.port) as client:
+        async with pymodbus_client(mux.port, answer_timeout=3) as client:
             for step in range(reads):
                 address = reads * index + step
                 count = 1 + (index + step) % 8
@@ -166,7 +154,7 @@ async def test_target_down_answers_exception_0x0a_quickly() -> None:
             running_multiplexer(mux_config(port, protocol=ProtocolName.MODBUS, timeout=5.0)) as mux,
         ):
             started = loop.time()
-            async with pymodbus_client(mux.port) as client:
+            async with pymodbus_client(mux.port, answer_timeout=3) as client:
                 response = await client.read_holding_registers(0, count=2, device_id=5)
             assert response.isError(), response
             assert response.exception_code == GATEWAY_PATH_UNAVAILABLE

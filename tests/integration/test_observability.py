@@ -9,8 +9,6 @@ import contextlib
 import io
 import json
 import struct
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -27,7 +25,7 @@ from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
-from tests.helpers import LOOPBACK, eventually, mux_config, open_client, running_app
+from tests.helpers import LOOPBACK, eventually, mux_config, open_client, run_cli, running_app
 from tests.integration.core_support import read_answer, read_request
 from tests.modbus.adu import read_adu, write_register
 
@@ -273,16 +271,6 @@ async def test_bad_requests_get_their_status_and_change_nothing(
         assert await ask(bridge.port, [read_request(1, 1, 1)]) == [read_answer(1, 1, 1)]
         status_code, _body, _headers = await get(app, "/healthz")
         assert status_code in (200, 503)
-
-
-def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "tcp_multiplexer", *argv],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 async def test_the_health_and_capture_commands(tmp_path: Path) -> None:

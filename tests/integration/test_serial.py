@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
 from tcp_multiplexer.bridge import Bridge
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
@@ -28,7 +27,7 @@ from tcp_multiplexer.target import parse_target_url
 from tests.framing.builders import mbap
 from tests.helpers import LOOPBACK, CliProcess, mux_config, open_client, running_multiplexer
 from tests.modbus.adu import read_adu
-from tests.peers import holding_value, modbus_device
+from tests.peers import holding_value, modbus_device, pymodbus_client
 from tests.serial_peers import (
     BAD_CRC,
     CUT_SHORT,
@@ -67,16 +66,6 @@ async def multiplexer(
     )
     async with running_multiplexer(config) as bridge:
         yield bridge
-
-
-@contextlib.asynccontextmanager
-async def pymodbus_client(port: int) -> AsyncIterator[AsyncModbusTcpClient]:
-    client = AsyncModbusTcpClient(LOOPBACK, port=port, timeout=5, retries=0, reconnect_delay=0)
-    try:
-        assert await client.connect(), f"pymodbus could not connect to port {port}"
-        yield client
-    finally:
-        client.close()
 
 
 async def until(check: Callable[[], Awaitable[bool]], message: str, within: float = 5.0) -> None:

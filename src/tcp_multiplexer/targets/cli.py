@@ -298,27 +298,17 @@ async def serve(config: TargetConfig) -> int:
             file=sys.stderr,
         )
         return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for signum in signals:
-        loop.add_signal_handler(signum, stop.set)
+    print(f"{COMMAND} {config.protocol} listening on {target.address}", file=sys.stderr, flush=True)
     try:
-        print(
-            f"{COMMAND} {config.protocol} listening on {target.address}",
-            file=sys.stderr,
-            flush=True,
-        )
-        await stop.wait()
+        await _until_stopped()
     finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
         await target.stop()
     print(f"{COMMAND} {config.protocol} stopped: {format_stats(target.stats)}", file=sys.stderr)
     return 0
 
 
 async def _until_stopped() -> None:
+    """Return at SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
