@@ -5,7 +5,9 @@
 The example device sits on a simulated RS-485 line behind a pseudo-terminal in this
 process (`RtuLine`: a request takes its time on the wire, then the 3.5 characters of
 silence that end a frame, then the answer's time on the wire; one transaction at a
-time). The multiplexer runs as a subprocess (`python -m tcp_multiplexer server -t
+time), timed from the request's arrival to a few microseconds (`precise`: it spins the
+last millisecond of each wait), so the time above the line's is the multiplexer's and
+the pseudo-terminal's. The multiplexer runs as a subprocess (`python -m tcp_multiplexer server -t
 serial://...`), opening the pty as its serial port. 16 Modbus/TCP clients each read
 10 holding registers of their own (no two alike, so nothing is coalesced) as fast as
 answers come, and every answer is checked.
@@ -98,7 +100,7 @@ async def client(port: int, index: int, stop: asyncio.Event, counts: list[int]) 
 
 
 async def measure(baudrate: int, duration: float) -> Result:
-    line = RtuLine(baudrate=baudrate, parity="N", stopbits=2)
+    line = RtuLine(baudrate=baudrate, parity="N", stopbits=2, precise=True)
     pty = PtyLine(line)
     pty.start()
     url = f"serial://{pty.path}?baudrate={baudrate}&parity=N&stopbits=2"

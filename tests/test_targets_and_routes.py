@@ -199,3 +199,13 @@ def test_a_serial_port_that_does_not_exist_is_a_target_that_is_down(tmp_path: Pa
     bridge = build_bridge({"protocol": "modbus", "target": f"serial://{tmp_path}/ttyNONE"})
     assert bridge.target is not None
     assert bridge.target.is_serial
+
+
+def test_a_serial_target_without_the_serial_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tcp_multiplexer.config import build
+
+    monkeypatch.setattr(build, "serial_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install 'tcp-multiplexer\[serial\]'"):
+        build_bridge({"protocol": "modbus", "target": "serial:///dev/ttyUSB0"})

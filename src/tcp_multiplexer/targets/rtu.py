@@ -7,7 +7,10 @@ pseudo-terminal carries bytes at once, so the device waits what the request took
 the wire, the 3.5 characters of silence that end a frame, and what its answer takes,
 before the answer appears; requests are served one at a time, as one line does. A
 broadcast (unit 0) is carried out and not answered. A frame with a bad CRC is ignored,
-as a device on a line ignores it.
+as a device on a line ignores it. The times run from when the request's bytes arrived;
+with `precise`, the line sleeps to within a millisecond of each answer's time and
+spins the rest (a benchmark's instrument: the event loop's timers are only good to a
+millisecond, which at 115,200 baud is a sixth of a transaction).
 
     tcp-multiplexer example-server modbus --serial            # prints the port to use
     tcp-multiplexer example-server modbus --rtu -l 5502 --baudrate 9600
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import tty
 from dataclasses import dataclass, field
 from typing import Final
@@ -32,6 +36,8 @@ from tcp_multiplexer.target import SERIAL, Target
 logger = logging.getLogger(__name__)
 
 READ_SIZE: Final = 4096
+SPIN: Final = 0.0015
+"""A precise line sleeps until this close to an answer's time, then spins."""
 
 
 @dataclass(slots=True)
@@ -61,10 +67,12 @@ class RtuLine:
         stopbits: int = 2,
         delay: float = 0.0,
         units: frozenset[int] | None = None,
+        precise: bool = False,
     ) -> None:
         """`baudrate`: simulate that line's timing (None: answer at once). `delay`: the
         device's own processing time per request. `units`: the unit ids that answer
-        (None: every one); a request to another unit meets silence."""
+        (None: every one); a request to another unit meets silence. `precise`: keep
+        the timing to a few microseconds, spinning the last millisecond of each wait."""
         self.device = device if device is not None else ModbusDevice()
         self.timing = (
             Target(SERIAL, None, "line", baudrate, parity, stopbits, 8)
@@ -73,14 +81,31 @@ class RtuLine:
         )
         self.delay = delay
         self.units = units
+        self.precise = precise
         self.stats = LineStats()
         self._lock = asyncio.Lock()
         """One transaction on the line at a time, whoever sent it."""
 
-    async def handle(self, frame: bytes) -> bytes | None:
-        """The answer frame to a request frame (CRC checked by the framer), when due;
-        None for a broadcast or a unit that is not on the line."""
+    async def _until(self, due: float) -> None:
+        """Wait until `due` (time.perf_counter())."""
+        left = due - time.perf_counter()
+        if not self.precise:
+            if left > 0:
+                await asyncio.sleep(left)
+            return
+        if left > SPIN:
+            await asyncio.sleep(left - SPIN)
+        while time.perf_counter() < due:
+            pass
+
+    async def handle(self, frame: bytes, arrived: float | None = None) -> bytes | None:
+        """The answer frame to a request frame (CRC checked by the framer) that
+        arrived at `arrived` (time.perf_counter(); default now), when due; None for a
+        broadcast or a unit that is not on the line."""
         async with self._lock:
+            started = time.perf_counter()
+            if arrived is None or arrived < started - (self.timing.silence if self.timing else 0):
+                arrived = started  # it waited for the line: its time runs from now
             stats = self.stats
             stats.requests += 1
             unit = frame[0]
@@ -94,8 +119,7 @@ class RtuLine:
             answer = self.device.answer(adu).data
             if unit == BROADCAST:
                 stats.broadcasts += 1
-                if wait:
-                    await asyncio.sleep(wait)
+                await self._until(arrived + wait)
                 stats.busy_seconds += wait
                 return None
             if self.units is not None and unit not in self.units:
@@ -103,8 +127,7 @@ class RtuLine:
             reply = with_crc(answer[6:])
             if timing is not None:
                 wait += timing.transmit_time(len(reply))
-            if wait:
-                await asyncio.sleep(wait)
+            await self._until(arrived + wait)
             stats.busy_seconds += wait
             stats.answers += 1
             return reply
@@ -117,7 +140,8 @@ class _RtuConnection(asyncio.Protocol):
         self._line = line
         self._framer = RtuRequestFramer()
         self._transport: asyncio.Transport | None = None
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
+        """Frames, with the time they arrived (time.perf_counter())."""
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,16 +157,17 @@ class _RtuConnection(asyncio.Protocol):
                 self._line.stats.damaged += 1
                 logger.debug("ignored a damaged frame: %s", exc)
                 return
+            arrived = time.perf_counter()
             for frame in frames:
-                self._queue.put_nowait(frame)
+                self._queue.put_nowait((frame, arrived))
             if not frames or not framer.buffered:
                 return
             data = b""  # good frames came first: a damaged one may be held
 
     async def _serve(self) -> None:
         while True:
-            frame = await self._queue.get()
-            reply = await self._line.handle(frame)
+            frame, arrived = await self._queue.get()
+            reply = await self._line.handle(frame, arrived)
             if reply is not None and self._transport is not None:
                 self._transport.write(reply)
 
