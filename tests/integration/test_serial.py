@@ -414,3 +414,34 @@ async def test_the_example_server_serves_rtu_on_a_pty_or_over_tcp(mode: str) -> 
     finally:
         assert device.stop() == 0
     device.wait_for_line(r"stopped: requests=3 answers=3")
+
+
+async def test_a_port_another_master_holds_is_a_target_that_is_down_until_it_is_free() -> None:
+    """One master on a line: the port is opened exclusively, both ways."""
+    import serial
+
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        pty_pair() as line,
+        serial_device(line.device_end, base=SERIAL_BASE),
+    ):
+        other = serial.Serial(line.mux_end, exclusive=True)
+        try:
+            async with (
+                multiplexer(serial_url(line.mux_end)) as mux,
+                open_client(mux.port) as (reader, writer),
+            ):
+                writer.write(read_request(1, 1, 0, 1))
+                held = await read_adu(reader)
+                assert held[7:] == bytes((0x83, GATEWAY_PATH_UNAVAILABLE))
+                other.close()
+
+                async def served() -> bool:
+                    writer.write(read_request(2, 1, 4, 1))
+                    return (await read_adu(reader))[7] == 0x03
+
+                await until(served, "the port is opened once the other master let go")
+                with pytest.raises(serial.SerialException, match="exclusively"):
+                    serial.Serial(line.mux_end, exclusive=True)
+        finally:
+            other.close()

@@ -70,6 +70,9 @@ class SerialConnector:
                     ),
                     stopbits=line.stopbits,
                     bytesize=line.bytesize,
+                    # One master on a line: a second opener (another program, or the
+                    # bridge a reload replaces, still draining) fails until it is free.
+                    exclusive=True,
                 )
         except (termios.error, ValueError) as exc:
             # The port exists but refuses these settings (a pseudo-terminal that takes
