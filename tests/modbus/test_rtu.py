@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcp_multiplexer.errors import DamagedMessage, IncompleteMessage
+from tcp_multiplexer.errors import DamagedMessage, IncompleteMessage, MessageTooLarge
 from tcp_multiplexer.protocols.modbus.codec import RtuTargetCodec
 from tcp_multiplexer.protocols.modbus.rtu import (
     RtuAnswerFramer,
@@ -138,6 +138,19 @@ def test_the_request_framer_cuts_requests_and_drops_damaged_ones() -> None:
     with pytest.raises(DamagedMessage):
         framer.feed(one[:-1] + b"\x00")
     assert framer.feed(one) == [one]
+
+
+def test_good_requests_before_an_oversized_one_are_kept_and_the_size_is_known_early() -> None:
+    """Found by the fuzzer: a request announcing more than 256 bytes after a good one
+    lost the good one when read together, not when read apart."""
+    framer = RtuRequestFramer()
+    one = rtu_from_adu(READ)
+    oversized = bytes((1, 15, 0, 0, 0, 8, 255))  # write coils, 255 data bytes: 264 in all
+    assert framer.feed(one + oversized) == [one]
+    with pytest.raises(MessageTooLarge):
+        framer.feed(b"")
+    with pytest.raises(MessageTooLarge, match="264 bytes"):
+        RtuRequestFramer().feed(oversized)
 
 
 def test_good_requests_before_a_damaged_one_in_the_same_read_are_kept() -> None:

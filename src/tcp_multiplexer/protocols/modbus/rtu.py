@@ -185,8 +185,11 @@ class RtuAnswerFramer:
             except DamagedMessage:
                 self._reset()
                 raise
+            if size is not None and size > RTU_MAX_FRAME:
+                self._reset()
+                raise DamagedMessage(_NAME, f"an answer of {size} bytes, over 256")
             if size is None or len(buf) < size:
-                if len(buf) > RTU_MAX_FRAME:
+                if len(buf) > RTU_MAX_FRAME:  # still unknown (device identification)
                     self._reset()
                     raise DamagedMessage(_NAME, f"no frame in {len(buf)} bytes")
                 return []
@@ -249,10 +252,12 @@ class RtuRequestFramer:
                     return frames
                 buf.clear()
                 raise
+            if size is not None and size > RTU_MAX_FRAME:
+                if frames:
+                    return frames
+                buf.clear()
+                raise MessageTooLarge(_NAME, f"RTU request of {size} bytes, over 256")
             if size is None or len(buf) < size:
-                if len(buf) > RTU_MAX_FRAME:
-                    buf.clear()
-                    raise MessageTooLarge(_NAME, "RTU request longer than 256 bytes")
                 return frames
             frame = bytes(buf[:size])
             if not crc_ok(frame):
