@@ -139,6 +139,11 @@ def test_the_units_use_readiness_the_watchdog_reload_and_port_502() -> None:
         assert unit["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
         assert "systemd" not in " ".join(unit["Documentation"])
         assert "--config" in unit["ExecStart"][0]
+        # serial:// targets: USB RS-485 adapters may be opened, nothing else of /dev.
+        assert unit["DevicePolicy"] == ["closed"]
+        assert "char-ttyUSB rw" in unit["DeviceAllow"]
+        assert unit["SupplementaryGroups"] == ["dialout"]
+        assert "PrivateDevices" not in unit
     assert (
         "/etc/tcp-multiplexer/%i.toml" in unit_settings("tcp-multiplexer@.service")["ExecStart"][0]
     )
