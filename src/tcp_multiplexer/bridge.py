@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -122,6 +123,10 @@ class _TargetPath:
     view: TargetView
 
 
+def _keys_text(keys: Iterable[int] | None) -> str:
+    return "others" if keys is None else units_text(keys)
+
+
 @dataclass(frozen=True, slots=True)
 class TargetView:
     """One target of a bridge as observability reads it: its name, counters, pool and
@@ -133,6 +138,9 @@ class TargetView:
     dispatcher: Dispatcher
     timeout: float
     max_connections: int
+    units: str = "all"
+    """The route keys it serves (Modbus unit ids, as ``2,10-12``), ``others`` for the
+    bridge's own target beside routes, ``all`` without routes."""
 
 
 class Bridge:
@@ -174,6 +182,7 @@ class Bridge:
                 services,
                 events if index == 0 else spec.new_events(),
                 connector if index == 0 else None,
+                "all" if len(plans) == 1 and plan.keys is None else _keys_text(plan.keys),
             )
             for index, plan in enumerate(plans)
         ]
@@ -211,6 +220,7 @@ class Bridge:
         services: BridgeServices,
         events: EventCounts,
         connector: Connector | None,
+        units: str,
     ) -> _TargetPath:
         """The connector, pool, dispatcher and counters of one target of the plan."""
         config = self.config
@@ -299,7 +309,13 @@ class Bridge:
         )
         (pool,) = pools
         view = TargetView(
-            name, metrics, pool, dispatcher, values["timeout"], values["max_connections"]
+            name,
+            metrics,
+            pool,
+            dispatcher,
+            values["timeout"],
+            values["max_connections"],
+            units,
         )
         return _TargetPath(connector, pool, dispatcher, view)
 
@@ -476,7 +492,7 @@ class Bridge:
 
     @staticmethod
     def _route_text(plan: TargetPlan) -> str:
-        keys = "other units" if plan.keys is None else f"units {units_text(plan.keys)}"
+        keys = "other units" if plan.keys is None else f"units {_keys_text(plan.keys)}"
         mapped = ", ".join(f"{c}->{d}" for c, d in sorted(plan.key_map.items()))
         return f"{keys} to {plan.target}" + (f" (unit map {mapped})" if mapped else "")
 

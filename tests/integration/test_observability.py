@@ -23,6 +23,7 @@ from tcp_multiplexer import __version__
 from tcp_multiplexer.app import App
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.routes import parse_route
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import LOOPBACK, eventually, mux_config, open_client, run_cli, running_app
@@ -202,6 +203,38 @@ async def test_healthz_turns_503_when_the_target_goes_and_200_when_it_is_back() 
         await wait_for_status(app, "/healthz", 200)
         status, body, _headers = await get(app, "/readyz")
         assert (status, json.loads(body)) == (200, {"ready": True})
+
+
+async def test_a_routed_bridge_is_healthy_only_while_every_target_is() -> None:
+    """Unit 2 routed to a second device: its outage makes the bridge unhealthy while
+    the first target is up, and both are listed with their units."""
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        TargetServer(TargetConfig(protocol=ProtocolName.MODBUS)) as meter,
+        observed_modbus(
+            timeout=0.5,
+            modbus=ModbusOptions(routes=(parse_route(f"2={LOOPBACK}:{meter.port}"),)),
+        ) as (_inverter, app),
+    ):
+        bridge = app.bridges["test"]
+        await ask(bridge.port, [read_request(1, 1, 1), read_request(2, 2, 1)])
+        await wait_for_status(app, "/healthz", 200)
+        await meter.go_down()
+        document = await wait_for_status(app, "/healthz", 503)
+        part = document["bridges"]["test"]  # type: ignore[index]
+        assert part["state"] == "down"
+        rows = {row["units"]: row for row in part["targets"]}
+        assert set(rows) == {"others", "2"}
+        assert (rows["others"]["healthy"], rows["2"]["healthy"]) == (True, False)
+        answers = await ask(bridge.port, [read_request(3, 2, 1)])
+        assert answers[0][7:] == bytes((0x83, 0x0A)), "the meter is known down"
+        _status, body, _headers = await get(app, "/api/status")
+        (card,) = json.loads(body)["bridges"]
+        assert card["healthy"] is False
+        assert card["gateway_answers"]["unavailable"] >= 1, "counted over every target"
+        assert [row["units"] for row in card["targets"]] == ["others", "2"]
+        await meter.come_up()
+        await wait_for_status(app, "/healthz", 200)
 
 
 def packets(pcap_bytes: bytes) -> list[dpkt.tcp.TCP]:

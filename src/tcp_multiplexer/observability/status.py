@@ -10,7 +10,9 @@ idle one on purpose, or it gave a good answer within its bridge's timeout. State
     {"version": "0.2.0", "uptime_seconds": 12.5, "ready": true,
      "bridges": [{"name", "protocol", "listen": [...], "target", "state", "healthy",
                   "target_connections", "max_connections", "last_answer_age_seconds",
-                  "last_error", "clients_connected", "clients_accepted", "requests",
+                  "last_error", "targets": [{"target", "units", "state", "healthy",
+                  "target_connections", "last_answer_age_seconds", "last_error"}],
+                  "clients_connected", "clients_accepted", "requests",
                   "answers", "local_answers", "gateway_answers": {reason: count},
                   "events": {name: count},
                   "latency_ms": {"mean", "p50", "p99"}  (the last HISTORY_STEP seconds;
@@ -20,8 +22,12 @@ idle one on purpose, or it gave a good answer within its bridge's timeout. State
                   "history": [{"age_seconds", "requests_per_second", "p50_ms", "p99_ms",
                                "mean_ms", "gateway_answers"}]}]}
 
-A bridge routed to several targets reports its first (its default) in "target",
-"state" and "gateway_answers"; the counts add up all of them.
+A bridge routed to several targets (Modbus routes) lists each in "targets", with the
+unit ids it serves ("units": a text such as "2, 10-12", or "others" for the bridge's
+own target). The bridge is healthy while every one of them is; "target" and
+"target_connections" are its first's (its own target, or the first route's), "state"
+is the first's while all are healthy and otherwise the state of the first one that is
+not, and the counts (gateway answers included) add up all of them.
 """
 
 from __future__ import annotations
@@ -136,17 +142,47 @@ class History:
             await asyncio.sleep(HISTORY_STEP)
 
 
+def _targets(bridge: Bridge, now: float) -> list[tuple[TargetView, TargetState]]:
+    return [(target, target_state(target, now)) for target in bridge.targets]
+
+
+def _summary(states: list[tuple[TargetView, TargetState]]) -> tuple[TargetState, bool]:
+    """(the state that speaks for the bridge, whether every target is healthy)."""
+    healthy = all(state.healthy for _target, state in states)
+    first = states[0][1]
+    if healthy:
+        return first, True
+    return next(state for _target, state in states if not state.healthy), False
+
+
+def _target_rows(states: list[tuple[TargetView, TargetState]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "target": target.name,
+            "units": target.units,
+            "state": state.state,
+            "healthy": state.healthy,
+            "target_connections": target.pool.connections,
+            "last_answer_age_seconds": _round(state.last_answer_age),
+            "last_error": state.last_error,
+        }
+        for target, state in states
+    ]
+
+
 def bridge_health(bridge: Bridge, now: float) -> dict[str, Any]:
     """One bridge's part of /healthz."""
-    target = bridge.targets[0]
-    state = target_state(target, now)
+    states = _targets(bridge, now)
+    state, healthy = _summary(states)
+    first = bridge.targets[0]
     return {
         "state": state.state,
-        "healthy": state.healthy,
-        "target": target.name,
-        "target_connections": target.pool.connections,
+        "healthy": healthy,
+        "target": first.name,
+        "target_connections": first.pool.connections,
         "last_answer_age_seconds": _round(state.last_answer_age),
         "last_error": state.last_error,
+        "targets": _target_rows(states),
     }
 
 
@@ -164,8 +200,13 @@ def status_document(
     out = []
     for name, bridge in bridges.items():
         target = bridge.targets[0]
-        state = target_state(target, now)
+        states = _targets(bridge, now)
+        state, healthy = _summary(states)
         snapshot = bridge.metrics.snapshot()
+        gateway: dict[str, int] = {}
+        for each in bridge.targets:
+            for reason, count in each.metrics.gateway.items():
+                gateway[reason] = gateway.get(reason, 0) + count
         latest = history.latest(name)
         out.append(
             {
@@ -174,19 +215,18 @@ def status_document(
                 "listen": bridge.sockets,
                 "target": target.name,
                 "state": state.state,
-                "healthy": state.healthy,
+                "healthy": healthy,
                 "target_connections": target.pool.connections,
                 "max_connections": target.max_connections,
                 "last_answer_age_seconds": _round(state.last_answer_age),
                 "last_error": state.last_error,
+                "targets": _target_rows(states),
                 "clients_connected": snapshot.clients,
                 "clients_accepted": snapshot.clients_total,
                 "requests": snapshot.requests,
                 "answers": snapshot.answers,
                 "local_answers": snapshot.local_answers,
-                "gateway_answers": {
-                    reason: count for reason, count in sorted(target.metrics.gateway.items())
-                },
+                "gateway_answers": dict(sorted(gateway.items())),
                 "events": dict(sorted(snapshot.events.items())),
                 "latency_ms": {
                     "mean": latest["mean_ms"] if latest else None,

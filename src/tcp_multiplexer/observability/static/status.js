@@ -179,6 +179,23 @@
     return details;
   }
 
+  function routesList(targets) {
+    // A bridge with Modbus routes: each target, the units it serves, and its state.
+    const items = targets.map((t) =>
+      el(
+        "li",
+        { "data-target": t.target },
+        el("span", { class: `badge badge-${t.state}` }, t.state),
+        " ",
+        el("span", { class: "units" }, t.units === "others" ? "other units" : `units ${t.units}`),
+        " → ",
+        el("span", { class: "address" }, t.target),
+        t.last_error ? el("span", { class: "bad-text" }, ` (${t.last_error})`) : "",
+      ),
+    );
+    return el("ul", { class: "routes" }, ...items);
+  }
+
   function bridgeCard(b) {
     const gatewayTotal = Object.values(b.gateway_answers).reduce((sum, n) => sum + n, 0);
     const facts = el(
@@ -190,6 +207,7 @@
       fact("Last answer", ago(b.last_answer_age_seconds)),
     );
     if (b.last_error) facts.append(fact("Last error", b.last_error, { class: "fact-error" }));
+    const routed = (b.targets || []).length > 1 ? routesList(b.targets) : null;
     return el(
       "section",
       { class: `card state-${b.state}`, "data-bridge": b.name },
@@ -202,6 +220,7 @@
         el("span", { class: b.healthy ? "health ok" : "health bad", "data-field": "healthy" }, b.healthy ? "healthy" : "unhealthy"),
       ),
       facts,
+      ...(routed ? [routed] : []),
       el(
         "div",
         { class: "tiles" },
