@@ -470,7 +470,7 @@ class Bridge:
         security = ""
         if config.tls_cert is not None:
             security = ", mutual TLS" if config.tls_client_ca is not None else ", TLS"
-        if len(self._paths) == 1:
+        if self._dispatch is self.dispatcher:  # one target for every unit: no routes
             self.log.notice(
                 "listening on %s (%s%s), target %s%s, up to %d target connection(s)",
                 ", ".join(self.sockets),
