@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 import tty
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ class PtyPair:
         self.device_end = os.ttyname(self._slaves[1])
         """Open this as the device's serial port."""
         self.carried = 0
+        self.chunks: list[tuple[float, bool]] = []
+        """(time.monotonic() when read, True if it went towards the device) per chunk."""
         self._open = False
 
     def start(self) -> None:
@@ -86,6 +89,7 @@ class PtyPair:
         first, second = self._masters
         loop.add_reader(first, self._pump, first, second)
         loop.add_reader(second, self._pump, second, first)
+        self._towards_device = second
         self._open = True
 
     def _pump(self, source: int, sink: int) -> None:
@@ -102,6 +106,19 @@ class PtyPair:
             except BlockingIOError:
                 continue
         self.carried += len(data)
+        self.chunks.append((time.monotonic(), sink == self._towards_device))
+
+    def silences(self) -> list[float]:
+        """Each pause between the last chunk of an answer and the next request."""
+        pauses = []
+        last_answer: float | None = None
+        for at, towards_device in self.chunks:
+            if not towards_device:
+                last_answer = at
+            elif last_answer is not None:
+                pauses.append(at - last_answer)
+                last_answer = None
+        return pauses
 
     def unplug(self) -> None:
         if not self._open:

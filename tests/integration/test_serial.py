@@ -122,6 +122,11 @@ async def test_a_pymodbus_serial_device_read_and_written_by_pymodbus_clients() -
         back = await first.read_holding_registers(30, count=3, device_id=1)
         assert list(back.registers) == [1, 2, 3]
         assert mux.pool.connections == 1, "one master on the line"
+        # At 19,200 baud 8N1 a character is 10 bits: the line's silence between an
+        # answer and the next request is at least 3.5 of them.
+        silences = line.silences()
+        assert len(silences) >= 5, "identical reads were coalesced: 7 transactions"
+        assert min(silences) >= 3.5 * 10 / 19200
 
 
 @pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll is not installed")
