@@ -82,4 +82,8 @@ class SerialConnector:
             ) from exc
         port: Any = transport.serial
         port.reset_input_buffer()
+        # The transport calls connection_made() with call_soon, after this returns
+        # (asyncio's own create_connection waits for it): yield once, so that it has
+        # run before the pool lets anything send.
+        await asyncio.sleep(0)
         return transport, protocol
