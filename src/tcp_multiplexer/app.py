@@ -100,7 +100,8 @@ class App:
         self._reload_source = reload_source
         self.notifier = notifier if notifier is not None else SystemdNotifier()
         loop = asyncio.get_running_loop()
-        self._clock: Clock = LoopClock(loop)
+        self._loop_clock = LoopClock(loop)
+        self._clock: Clock = self._loop_clock
         self._poller = Poller(self._clock, config.busy_poll)
         self.supervisor = Supervisor()
         self.bridges: dict[str, Bridge] = {}
@@ -272,6 +273,7 @@ class App:
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)
         await self.supervisor.stop()
+        self._loop_clock.close()
 
     # ------------------------------------------------------------------ reload
 

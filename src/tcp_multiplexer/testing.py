@@ -194,6 +194,9 @@ class VirtualClock:
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         return self.call_at(self._now + delay, callback)
 
+    def call_at_precise(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        return self.call_at(when, callback)
+
     def call_soon(self, callback: Callable[[], object]) -> object:
         self._ready.append(callback)
         return None

@@ -114,19 +114,3 @@ async def test_a_stray_answer_on_a_fifo_connection_retires_it() -> None:
     rig.connection.data_received(b"nobody asked\n")
     assert rig.metrics.unexpected_answers == 1
     assert rig.transport.aborted
-
-
-async def test_a_pause_shorter_than_the_timer_resolution_waits_one_tick_not_a_spin() -> None:
-    """The loop's timers count whole milliseconds: a 0.5 ms pause is kept by one 1 ms
-    timer, never by timers of 0 ms re-armed until it is over."""
-    rig = Rig(echo_codec(), gap=0.0005)
-    assert not rig.connection.can_send, "the pause runs from the connect too"
-    rig.clock.advance(0.001)
-    assert rig.sink.available == 1
-    rig.send(b"one\n")
-    rig.connection.data_received(b"one\n")
-    assert not rig.connection.can_send
-    rig.clock.advance(0.0006)
-    assert rig.sink.available == 1, "not at 0.5 ms: the timer is 1 ms"
-    rig.clock.advance(0.0004)
-    assert rig.sink.available == 2

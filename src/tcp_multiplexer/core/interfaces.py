@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from enum import Enum, StrEnum
 from typing import Final, Protocol
 
+from tcp_multiplexer.core.timers import PreciseTimers
+
 
 class FailureReason(StrEnum):
     """Why the multiplexer answers a request itself instead of the target."""
@@ -334,6 +336,11 @@ class Clock(Protocol):
 
     def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle: ...
 
+    def call_at_precise(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        """`call_at` to within tens of microseconds where the platform allows (the
+        loop's own timers count milliseconds); never before `when`."""
+        ...
+
     def call_soon(self, callback: Callable[[], object]) -> object: ...
 
     def create_future(self) -> asyncio.Future[None]: ...
@@ -630,11 +637,27 @@ class LoopClock:
     callables, so a call costs what calling the loop does.
     """
 
-    __slots__ = ("call_at", "call_later", "call_soon", "create_future", "time")
+    __slots__ = ("_loop", "_precise", "call_at", "call_later", "call_soon", "create_future", "time")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._precise: PreciseTimers | None = None
+        """Made on first use (a serial line's pauses): a timerfd on Linux."""
         self.time: Callable[[], float] = time.monotonic
         self.call_at: Callable[[float, Callable[[], object]], TimerHandle] = loop.call_at
         self.call_later: Callable[[float, Callable[[], object]], TimerHandle] = loop.call_later
         self.call_soon: Callable[[Callable[[], object]], object] = loop.call_soon
         self.create_future: Callable[[], asyncio.Future[None]] = loop.create_future
+
+    def call_at_precise(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        """`call_at`, to within the loop's wake-up latency (see core/timers.py)."""
+        precise = self._precise
+        if precise is None:
+            precise = self._precise = PreciseTimers(self._loop)
+        return precise.call_at(when, callback)
+
+    def close(self) -> None:
+        """Release what the precise timers hold (their timerfd)."""
+        if self._precise is not None:
+            self._precise.close()
+            self._precise = None

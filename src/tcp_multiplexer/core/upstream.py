@@ -39,10 +39,6 @@ from tcp_multiplexer.logs import hex_dump
 from tcp_multiplexer.observability.metrics import TargetMetrics
 
 SILENT_TIMEOUTS_BEFORE_RECONNECT: Final = 2
-TIMER_RESOLUTION: Final = 0.001
-"""The event loop's timers count whole milliseconds: a shorter one fires at once, and
-a pause re-armed that way would spin the loop until it is over (a serial line's 1.75 ms
-silence did, 16 times per request)."""
 """One unanswered request may be a dropped frame; two in a row with not a byte from the
 target in between mean it will not answer on this connection."""
 
@@ -179,11 +175,9 @@ class UpstreamConnection(asyncio.Protocol):
                 return False
             # The pause runs from the last request or answer, whichever came later:
             # the device gets `gap` of quiet after answering before the next request.
-            wait = self._last_activity + self._gap - self._clock.time()
-            if wait > 0:
-                self._gap_timer = self._clock.call_later(
-                    max(wait, TIMER_RESOLUTION), self._gap_elapsed
-                )
+            due = self._last_activity + self._gap
+            if due > self._clock.time():
+                self._gap_timer = self._clock.call_at_precise(due, self._gap_elapsed)
                 return False
         return True
 
