@@ -152,7 +152,7 @@ _PLAIN_REQUEST_HEAD: Final = re.compile(
 """A request header block, not CONNECT. Groups: minor version, keep-alive, Content-Length
 (None without one), keep-alive."""
 _PLAIN_RESPONSE_HEAD: Final = re.compile(
-    rb"HTTP/1\.([0-9]) ([0-9]{3})(?: [^\0\r\n]*)?\r\n"
+    rb"HTTP/1\.([0-9]) ([1-5][0-9]{2})(?: [^\0\r\n]*)?\r\n"
     + _plain_fields_re(b"content-length|transfer-encoding")
 )
 """A response header block. Groups: minor version, status, keep-alive, Content-Length
@@ -640,13 +640,18 @@ def _request_method(line: bytes) -> bytes:
     return parts[0]
 
 
+_STATUS_CLASSES: Final = frozenset(b"12345")
+
+
 def _status_code(line: bytes) -> int:
-    """The status of a valid status line (HTTP-version SP 3DIGIT [SP reason])."""
+    """The status of a valid status line (HTTP-version SP 3DIGIT [SP reason]); the
+    code is 100 to 599 (RFC 9110 section 15: its first digit is its class, 1 to 5)."""
     if (
         len(line) < 12
         or not _is_version(line[:8])
         or line[8] != _SP
         or not _DIGITS.issuperset(line[9:12])
+        or line[9] not in _STATUS_CLASSES
         or (len(line) > 12 and line[12] != _SP)
     ):
         raise MalformedMessage(_PROTOCOL, f"bad status line {line[:80]!r}")
