@@ -76,6 +76,14 @@ def _device() -> SimDevice:
     )
 
 
+def listening_port(server: ModbusTcpServer) -> int:
+    """The loopback port a started pymodbus TCP server listens on."""
+    listener = server.transport
+    assert isinstance(listener, asyncio.Server)
+    port: int = listener.sockets[0].getsockname()[1]
+    return port
+
+
 class _OneConnectionHandler(ServerRequestHandler):
     """A pymodbus connection handler that refuses to be the second open connection."""
 
@@ -130,10 +138,7 @@ class OneConnectionModbusServer(ModbusTcpServer):
 
     @property
     def port(self) -> int:
-        listener = self.transport
-        assert isinstance(listener, asyncio.Server)
-        port: int = listener.sockets[0].getsockname()[1]
-        return port
+        return listening_port(self)
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from tests.helpers import LOOPBACK
+from tests.peers import listening_port
 
 REGISTERS: Final = 100
 
@@ -172,10 +173,7 @@ class RtuOverTcpDevice(ModbusTcpServer):
 
     @property
     def port(self) -> int:
-        listener = self.transport
-        assert isinstance(listener, asyncio.Server)
-        port: int = listener.sockets[0].getsockname()[1]
-        return port
+        return listening_port(self)
 
 
 @contextlib.asynccontextmanager
