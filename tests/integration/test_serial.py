@@ -129,6 +129,22 @@ async def test_a_pymodbus_serial_device_read_and_written_by_pymodbus_clients() -
         assert min(silences) >= 3.5 * 10 / 19200
 
 
+async def mbpoll(*args: str) -> str:
+    """Run mbpoll to its end and return its output; it is killed if the test ends
+    first (a timeout included)."""
+    process = await asyncio.create_subprocess_exec(
+        "mbpoll", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, (out + err).decode()
+    return out.decode()
+
+
 @pytest.mark.skipif(shutil.which("mbpoll") is None, reason="mbpoll is not installed")
 async def test_mbpoll_reads_and_writes_a_serial_device_through_the_multiplexer() -> None:
     async with (
@@ -138,37 +154,12 @@ async def test_mbpoll_reads_and_writes_a_serial_device_through_the_multiplexer()
         multiplexer(serial_url(line.mux_end)) as mux,
     ):
         common = ["-m", "tcp", "-p", str(mux.port), "-a", "1", "-t", "4", "-0", "-1"]
-        write = await asyncio.create_subprocess_exec(
-            "mbpoll",
-            *common,
-            "-r",
-            "12",
-            LOOPBACK,
-            "--",
-            "321",
-            "654",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await write.communicate()
-        assert write.returncode == 0, (out + err).decode()
-        read = await asyncio.create_subprocess_exec(
-            "mbpoll",
-            *common,
-            "-r",
-            "10",
-            "-c",
-            "4",
-            LOOPBACK,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await read.communicate()
-        assert read.returncode == 0, (out + err).decode()
+        await mbpoll(*common, "-r", "12", LOOPBACK, "--", "321", "654")
+        out = await mbpoll(*common, "-r", "10", "-c", "4", LOOPBACK)
         values = {
             int(left.strip(" [")): int(right.strip())
             for left, _bracket, right in (
-                row.partition("]:") for row in out.decode().splitlines() if row.startswith("[")
+                row.partition("]:") for row in out.splitlines() if row.startswith("[")
             )
         }
         assert values == {
