@@ -29,14 +29,13 @@ from tests.helpers import (
     LOOPBACK,
     eventually,
     mux_config,
-    open_client,
     running_app,
     wait_for_target_connection,
 )
 from tests.modbus.adu import (
     READ_HOLDING,
     WRITE_REGISTER,
-    read_adu,
+    exchange,
     read_request,
     registers_of,
     write_register,
@@ -240,16 +239,6 @@ def parse_exposition(text: str) -> Exposition:
 def fetch(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http
         return response.status, response.read().decode()
-
-
-async def exchange(port: int, requests: list[bytes]) -> list[bytes]:
-    """Send each request on one client connection and read its answer."""
-    async with open_client(port) as (reader, writer):
-        answers = []
-        for request in requests:
-            writer.write(request)
-            answers.append(await read_adu(reader))
-        return answers
 
 
 def registers(address: int, count: int, unit: int = 1) -> list[int]:

@@ -6,9 +6,11 @@ to it; the clock is `tcp_multiplexer.testing.VirtualClock`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tcp_multiplexer.core.interfaces import (
     ClientCodec,
@@ -19,11 +21,14 @@ from tcp_multiplexer.core.interfaces import (
     Request,
     RequestOwner,
     RequestState,
+    TargetCodec,
     TargetConnection,
 )
 from tcp_multiplexer.core.poller import Poller
+from tcp_multiplexer.core.upstream import UpstreamConnection
 from tcp_multiplexer.logs import BridgeLog
-from tcp_multiplexer.testing import VirtualClock
+from tcp_multiplexer.observability.metrics import TargetMetrics
+from tcp_multiplexer.testing import MemoryTransport, VirtualClock
 
 LOG = BridgeLog(logging.getLogger("tests.core"), "unit", prefix=False)
 
@@ -167,3 +172,46 @@ class FakeHost:
 
     def filter_for(self, transport: Any) -> None:
         return None
+
+
+class UpstreamRig:
+    """One target connection alone, on a memory transport and a virtual clock, ready,
+    reporting to a FakeSink."""
+
+    def __init__(
+        self,
+        codec: TargetCodec,
+        *,
+        name: str = "target #1",
+        timeout: float = 2.0,
+        max_inflight: int = 1,
+        gap: float = 0.0,
+    ) -> None:
+        self.clock = VirtualClock()
+        self.sink = FakeSink()
+        self.metrics = TargetMetrics(Counter())
+        self.connection = UpstreamConnection(
+            name,
+            codec,
+            self.sink,
+            self.metrics,
+            Poller(self.clock, 0.0),
+            clock=self.clock,
+            log=LOG,
+            timeout=timeout,
+            max_inflight=max_inflight,
+            request_gap=gap,
+        )
+        self.transport = MemoryTransport(self.connection)
+        self.connection.connection_made(cast(asyncio.Transport, self.transport))
+        self.connection.mark_ready()
+        self.owner = FakeOwner("client")
+
+    def is_open(self) -> bool:
+        return not (self.transport.closed or self.transport.aborted)
+
+    def send(self, payload: bytes) -> Request:
+        request = Request(self.owner, payload, self.clock.time())
+        assert self.connection.can_send
+        self.connection.send(request, self.clock.time())
+        return request

@@ -8,53 +8,25 @@ the line and the virtual clock moves only when told.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from typing import cast
 
-from tcp_multiplexer.core.interfaces import FailureReason, Request
-from tcp_multiplexer.core.poller import Poller
-from tcp_multiplexer.core.upstream import UpstreamConnection
-from tcp_multiplexer.observability.metrics import TargetMetrics
+from tcp_multiplexer.core.interfaces import FailureReason
 from tcp_multiplexer.protocols.modbus.codec import RtuTargetCodec
 from tcp_multiplexer.protocols.modbus.rtu import BROADCAST_TURNAROUND, rtu_from_adu, with_crc
-from tcp_multiplexer.testing import MemoryTransport, VirtualClock
-from tests.core.fakes import LOG, FakeOwner, FakeSink
+from tests.core.fakes import UpstreamRig
 from tests.modbus.adu import read_request, registers_answer, write_register
 
 TIMEOUT = 1.0
 
 
-class Line:
+class Line(UpstreamRig):
     def __init__(self, *, max_inflight: int = 4, unit_map: dict[int, int] | None = None) -> None:
-        self.clock = VirtualClock()
-        self.sink = FakeSink()
-        self.metrics = TargetMetrics(Counter())
-        self.connection = UpstreamConnection(
-            "serial:///dev/ttyUSB0",
+        super().__init__(
             RtuTargetCodec(unit_map or {}, Counter()),
-            self.sink,
-            self.metrics,
-            Poller(self.clock, 0.0),
-            clock=self.clock,
-            log=LOG,
+            name="serial:///dev/ttyUSB0",
             timeout=TIMEOUT,
             max_inflight=max_inflight,
-            request_gap=0.0,
         )
-        self.transport = MemoryTransport(self.connection)
-        self.connection.connection_made(cast(asyncio.Transport, self.transport))
-        self.connection.mark_ready()
-        self.owner = FakeOwner("client")
-
-    def is_open(self) -> bool:
-        return not (self.transport.closed or self.transport.aborted)
-
-    def send(self, payload: bytes) -> Request:
-        request = Request(self.owner, payload, self.clock.time())
-        assert self.connection.can_send
-        self.connection.send(request, self.clock.time())
-        return request
 
 
 def rtu_registers(unit: int, values: list[int]) -> bytes:

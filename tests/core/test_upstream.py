@@ -6,50 +6,18 @@ reports; the virtual clock moves only when told.
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from typing import cast
-
-from tcp_multiplexer.core.interfaces import FailureReason, Request, TargetCodec
-from tcp_multiplexer.core.poller import Poller
-from tcp_multiplexer.core.upstream import UpstreamConnection
-from tcp_multiplexer.observability.metrics import TargetMetrics
+from tcp_multiplexer.core.interfaces import FailureReason, TargetCodec
 from tcp_multiplexer.protocols.echo import codec as echo_codec
 from tcp_multiplexer.protocols.modbus.codec import ModbusTargetCodec
-from tcp_multiplexer.testing import MemoryTransport, VirtualClock
-from tests.core.fakes import LOG, FakeOwner, FakeSink
+from tests.core.fakes import UpstreamRig
 from tests.modbus.adu import read_request, registers_answer
 
 TIMEOUT = 2.0
 
 
-class Rig:
+class Rig(UpstreamRig):
     def __init__(self, codec: TargetCodec, *, max_inflight: int = 1, gap: float = 0.0) -> None:
-        self.clock = VirtualClock()
-        self.sink = FakeSink()
-        self.metrics = TargetMetrics(Counter())
-        self.connection = UpstreamConnection(
-            "target #1",
-            codec,
-            self.sink,
-            self.metrics,
-            Poller(self.clock, 0.0),
-            clock=self.clock,
-            log=LOG,
-            timeout=TIMEOUT,
-            max_inflight=max_inflight,
-            request_gap=gap,
-        )
-        self.transport = MemoryTransport(self.connection)
-        self.connection.connection_made(cast(asyncio.Transport, self.transport))
-        self.connection.mark_ready()
-        self.owner = FakeOwner("client")
-
-    def send(self, payload: bytes) -> Request:
-        request = Request(self.owner, payload, self.clock.time())
-        assert self.connection.can_send
-        self.connection.send(request, self.clock.time())
-        return request
+        super().__init__(codec, timeout=TIMEOUT, max_inflight=max_inflight, gap=gap)
 
 
 async def test_requests_carry_the_connections_ids_and_answers_the_clients() -> None:

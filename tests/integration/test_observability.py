@@ -28,7 +28,7 @@ from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import LOOPBACK, eventually, mux_config, open_client, run_cli, running_app
 from tests.integration.core_support import read_answer, read_request
-from tests.modbus.adu import read_adu, write_register
+from tests.modbus.adu import exchange, read_adu, write_register
 
 TEST_TIMEOUT: Final = 20.0
 SAMPLES = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -76,15 +76,6 @@ async def observed_modbus(**options: object) -> AsyncIterator[tuple[TargetServer
             yield target, app
 
 
-async def ask(port: int, requests: list[bytes]) -> list[bytes]:
-    async with open_client(port) as (reader, writer):
-        answers = []
-        for request in requests:
-            writer.write(request)
-            answers.append(await read_adu(reader))
-        return answers
-
-
 async def test_metrics_count_the_traffic_sent() -> None:
     async with (
         asyncio.timeout(TEST_TIMEOUT),
@@ -95,7 +86,7 @@ async def test_metrics_count_the_traffic_sent() -> None:
     ):
         bridge = app.bridges["test"]
         reads = [read_request(tid, 1, 10 * tid) for tid in range(1, 8)]
-        answers = await ask(bridge.port, reads)
+        answers = await exchange(bridge.port, reads)
         assert answers == [read_answer(tid, 1, 10 * tid) for tid in range(1, 8)]
         await eventually(lambda: bridge.metrics.clients == 0, message="the client gone")
         samples = await scrape(app)
@@ -144,10 +135,10 @@ async def test_metrics_count_gateway_answers_and_protocol_events() -> None:
         async with running_app(config) as app:
             bridge = app.bridges["test"]
             refused = write_register(9, 1, 10, 5)
-            await ask(bridge.port, [refused, refused])
+            await exchange(bridge.port, [refused, refused])
             await target.stop()
             await eventually(lambda: bridge.pool.unreachable, message="the target known down")
-            (down,) = await ask(bridge.port, [read_request(3, 1, 0)])
+            (down,) = await exchange(bridge.port, [read_request(3, 1, 0)])
             assert down[7:9] == bytes((0x83, 0x0A))
             samples = await scrape(app)
             who = {"bridge": "test", "target": f"{LOOPBACK}:{target.port}"}
@@ -188,7 +179,7 @@ async def test_healthz_turns_503_when_the_target_goes_and_200_when_it_is_back() 
     async with asyncio.timeout(TEST_TIMEOUT), observed_modbus(timeout=0.5) as (target, app):
         bridge = app.bridges["test"]
         await eventually(lambda: bridge.pool.connections == 1, message="a target connection")
-        await ask(bridge.port, [read_request(1, 1, 1)])
+        await exchange(bridge.port, [read_request(1, 1, 1)])
         status, body, _headers = await get(app, "/healthz")
         assert status == 200
         assert json.loads(body)["bridges"]["test"]["state"] == "up"
@@ -217,7 +208,7 @@ async def test_a_routed_bridge_is_healthy_only_while_every_target_is() -> None:
         ) as (_inverter, app),
     ):
         bridge = app.bridges["test"]
-        await ask(bridge.port, [read_request(1, 1, 1), read_request(2, 2, 1)])
+        await exchange(bridge.port, [read_request(1, 1, 1), read_request(2, 2, 1)])
         await wait_for_status(app, "/healthz", 200)
         await meter.go_down()
         document = await wait_for_status(app, "/healthz", 503)
@@ -226,7 +217,7 @@ async def test_a_routed_bridge_is_healthy_only_while_every_target_is() -> None:
         rows = {row["units"]: row for row in part["targets"]}
         assert set(rows) == {"others", "2"}
         assert (rows["others"]["healthy"], rows["2"]["healthy"]) == (True, False)
-        answers = await ask(bridge.port, [read_request(3, 2, 1)])
+        answers = await exchange(bridge.port, [read_request(3, 2, 1)])
         assert answers[0][7:] == bytes((0x83, 0x0A)), "the meter is known down"
         _status, body, _headers = await get(app, "/api/status")
         (card,) = json.loads(body)["bridges"]
@@ -301,7 +292,7 @@ async def test_bad_requests_get_their_status_and_change_nothing(
             answer = await reader.read()
         assert answer.startswith(b"HTTP/1.1 %d " % status)
         bridge = app.bridges["test"]
-        assert await ask(bridge.port, [read_request(1, 1, 1)]) == [read_answer(1, 1, 1)]
+        assert await exchange(bridge.port, [read_request(1, 1, 1)]) == [read_answer(1, 1, 1)]
         status_code, _body, _headers = await get(app, "/healthz")
         assert status_code in (200, 503)
 
@@ -316,7 +307,7 @@ async def test_the_health_and_capture_commands(tmp_path: Path) -> None:
     ):
         bridge = app.bridges["test"]
         await eventually(lambda: bridge.pool.connections == 1, message="a target connection")
-        await ask(bridge.port, [read_request(7, 1, 70)])
+        await exchange(bridge.port, [read_request(7, 1, 70)])
         assert app.observability is not None
         base = f"http://{LOOPBACK}:{app.observability.port}"
         result = await asyncio.to_thread(run_cli, "health", f"{base}/healthz")

@@ -9,6 +9,7 @@ from typing import Final
 
 from tcp_multiplexer.protocols.modbus.device import pack_bits
 from tcp_multiplexer.protocols.modbus.mbap import MBAP_HEADER_SIZE, build_adu
+from tests.helpers import open_client
 
 READ_COILS: Final = 1
 READ_DISCRETE_INPUTS: Final = 2
@@ -90,3 +91,13 @@ async def read_adu(reader: asyncio.StreamReader) -> bytes:
     header = await reader.readexactly(MBAP_HEADER_SIZE)
     (length,) = struct.unpack_from(">H", header, 4)
     return header + await reader.readexactly(length - 1)
+
+
+async def exchange(port: int, requests: list[bytes]) -> list[bytes]:
+    """Send each request on one client connection to `port` and read its answer."""
+    async with open_client(port) as (reader, writer):
+        answers = []
+        for request in requests:
+            writer.write(request)
+            answers.append(await read_adu(reader))
+        return answers
