@@ -20,11 +20,17 @@ TIMEOUT = 1.0
 
 
 class Line(UpstreamRig):
-    def __init__(self, *, max_inflight: int = 4, unit_map: dict[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_inflight: int = 4,
+        unit_map: dict[int, int] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> None:
         super().__init__(
             RtuTargetCodec(unit_map or {}, Counter()),
             name="serial:///dev/ttyUSB0",
-            timeout=TIMEOUT,
+            timeout=timeout,
             max_inflight=max_inflight,
         )
 
@@ -116,3 +122,17 @@ async def test_the_unit_map_rewrites_the_unit_both_ways() -> None:
     assert line.transport.take()[0] == 3, "the device's unit on the line"
     line.connection.data_received(rtu_registers(3, [5]))
     assert line.sink.finished == [(request, registers_answer(6, 1, [5]), False)]
+
+
+async def test_a_broadcast_that_times_out_first_leaves_the_next_request_alone() -> None:
+    """A timeout shorter than the turnaround: the turnaround's end must not finish the
+    request sent after the broadcast."""
+    line = Line(timeout=BROADCAST_TURNAROUND / 2)
+    line.send(write_register(4, 0, 10, 1))
+    line.clock.advance(BROADCAST_TURNAROUND / 2 + 0.001)
+    assert line.connection.can_send
+    read = line.send(read_request(5, 1, 0, 1))
+    line.clock.advance(BROADCAST_TURNAROUND / 2)
+    assert all(finished is not read for finished, _answer, _ends in line.sink.finished)
+    line.connection.data_received(rtu_registers(1, [3]))
+    assert line.sink.finished[-1] == (read, registers_answer(5, 1, [3]), False)

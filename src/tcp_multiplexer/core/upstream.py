@@ -263,13 +263,26 @@ class UpstreamConnection(asyncio.Protocol):
         self._quiet_timer = None
         if not self._fifo:
             return
+        now = self._clock.time()
+        request = self._release_sole(now)
+        self._offer(now)
+        self._sink.finish(request, b"", now, False)
+
+    def _release_sole(self, now: float) -> Request:
+        """The line's one request is over (unanswered, timed out, or answered damaged):
+        take it off the line, which is free from `now`."""
         request = self._fifo.popleft()
         self._inflight -= 1
-        now = self._clock.time()
         self._last_activity = now
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
+        return request
+
+    def _offer(self, now: float) -> None:
+        """Tell the sink this connection can take a request, if it can."""
         if self._ready and self.can_send:
             self._sink.connection_available(self, now)
-        self._sink.finish(request, b"", now, False)
 
     def _gap_elapsed(self) -> None:
         self._gap_timer = None
@@ -500,14 +513,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self._timeout,
             )
             self._sink.fail(oldest, FailureReason.TIMEOUT)
-        if self._ready and self.can_send:
-            self._sink.connection_available(self, now)
+        self._offer(now)
 
     def _expire_sole(self, now: float) -> None:
         """The one request on a line had no answer in time: it fails, the line goes on."""
-        request = self._fifo.popleft()
-        self._inflight -= 1
-        self._last_activity = now
+        request = self._release_sole(now)
         self._log.warning(
             "%s: no answer within %.3gs; serving the next request",
             self.name,
@@ -515,8 +525,7 @@ class UpstreamConnection(asyncio.Protocol):
             extra={"target": self.name, "reason": "timeout"},
         )
         self._sink.fail(request, FailureReason.TIMEOUT)
-        if self._ready and self.can_send:
-            self._sink.connection_available(self, now)
+        self._offer(now)
         self._schedule_timer()
 
     def _answer_damaged(self, exc: DamagedMessage) -> None:
@@ -532,15 +541,9 @@ class UpstreamConnection(asyncio.Protocol):
         )
         if not self._fifo:
             return
-        request = self._fifo.popleft()
-        self._inflight -= 1
-        self._last_activity = now
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
-            self._quiet_timer = None
+        request = self._release_sole(now)
         self._sink.fail(request, FailureReason.BROKEN)
-        if self._ready and self.can_send:
-            self._sink.connection_available(self, now)
+        self._offer(now)
         self._schedule_timer()
 
     # ------------------------------------------------------------------ closing
