@@ -326,6 +326,51 @@ async def test_the_health_and_capture_commands(tmp_path: Path) -> None:
     assert result.stdout.startswith("unhealthy: cannot ask")
 
 
+async def test_the_commands_take_the_listeners_base_url_and_a_bridge(tmp_path: Path) -> None:
+    """`capture` and `health` take the address the listener prints, with or without a
+    page and a ``?bridge=``; a bridge that does not exist is a 404 naming the bridges,
+    and a file that cannot be written one line and exit 1."""
+    async with asyncio.timeout(TEST_TIMEOUT), observed_modbus(capture=10) as (_target, app):
+        bridge = app.bridges["test"]
+        await exchange(bridge.port, [read_request(9, 1, 90)])
+        assert app.observability is not None
+        base = f"http://{LOOPBACK}:{app.observability.port}"
+        for url in (f"{base}/", base, f"{LOOPBACK}:{app.observability.port}"):
+            result = await asyncio.to_thread(run_cli, "health", url)
+            assert (result.returncode, result.stdout.strip()) == (0, "healthy: test up"), url
+        for index, url in enumerate(
+            (f"{base}/?bridge=test", f"{base}/capture.pcap?bridge=test", f"{base}?bridge=test")
+        ):
+            saved = tmp_path / f"one-{index}.pcap"
+            result = await asyncio.to_thread(run_cli, "capture", url, "-o", str(saved))
+            assert result.returncode == 0, (url, result.stderr)
+            data = [segment.data for segment in packets(saved.read_bytes()) if segment.data]
+            assert data[0] == read_request(9, 1, 90), url
+        lines = tmp_path / "capture.jsonl"
+        result = await asyncio.to_thread(
+            run_cli, "capture", f"{base}/capture?bridge=test", "-o", str(lines)
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(lines.read_text().splitlines()[0])["bridge"] == "test"
+        status, body, _headers = await get(app, "/capture.pcap?bridge=NOSUCH")
+        assert status == 404
+        assert b"'NOSUCH'" in body
+        assert b"'test'" in body
+        result = await asyncio.to_thread(
+            run_cli, "capture", f"{base}/?bridge=NOSUCH", "-o", str(tmp_path / "no.pcap")
+        )
+        assert result.returncode == 1
+        assert "404" in result.stderr
+        assert "'test'" in result.stderr
+        assert not (tmp_path / "no.pcap").exists()
+        unwritable = tmp_path / "missing-folder" / "x.pcap"
+        result = await asyncio.to_thread(run_cli, "capture", base, "-o", str(unwritable))
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"cannot write {unwritable}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 async def test_the_chart_starts_when_a_bridge_starts_and_quiet_windows_have_no_latency() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), observed_modbus() as (_target, app):
         app.history.sample(app.now())

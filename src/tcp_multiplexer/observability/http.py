@@ -122,13 +122,21 @@ class Routes:
         return _text(404, f"no such page: {path} (try /, /metrics, /healthz, /api/status)")
 
     def _capture(self, path: str, names: list[str]) -> Answer:
+        bridges = self._app.bridges
+        if not any(bridge.capture is not None for bridge in bridges.values()):
+            return _text(404, "the capture is off: start the server with --capture N")
+        unknown = [name for name in names if name not in bridges]
+        if unknown:
+            return _text(
+                404,
+                f"no bridge named {', '.join(map(repr, unknown))}; the bridges are "
+                + ", ".join(map(repr, bridges)),
+            )
         rings: list[CaptureRing] = [
             bridge.capture
-            for name, bridge in self._app.bridges.items()
+            for name, bridge in bridges.items()
             if bridge.capture is not None and (not names or name in names)
         ]
-        if not any(bridge.capture is not None for bridge in self._app.bridges.values()):
-            return _text(404, "the capture is off: start the server with --capture N")
         transactions: list[Transaction] = sorted(
             (transaction for ring in rings for transaction in ring), key=lambda item: item.time
         )
