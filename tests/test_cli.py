@@ -125,6 +125,17 @@ def test_listen_may_be_repeated() -> None:
         pytest.param(["--no-such-flag"], "unrecognized arguments", id="unknown-flag"),
         pytest.param(["--cache-ttl", "1s"], "is a modbus option", id="other-protocols-option"),
         pytest.param(["-l", "5020", "-l", "5020"], "given twice", id="listen-twice"),
+        pytest.param(
+            ["-l", "5020", "-l", "127.0.0.1:5020"],
+            "port 5020 (:5020 and 127.0.0.1:5020) is given twice",
+            id="listen-twice-spelled-apart",
+        ),
+        pytest.param(
+            ["--profile", "huawei-sdongle", "-p", "http"],
+            "--profile huawei-sdongle is a profile for modbus devices; this bridge's protocol "
+            "is http",
+            id="profile-of-another-protocol",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str) -> None:

@@ -163,6 +163,54 @@ def test_check_config_of_a_bad_file_exits_2_with_one_line(tmp_path: Path) -> Non
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "where"),
+    [
+        pytest.param(
+            '"localhost:16020"',
+            '"127.0.0.1:16020"',
+            "port 16020 (localhost:16020 and 127.0.0.1:16020)",
+            id="localhost",
+        ),
+        pytest.param(
+            "16020", '"127.0.0.1:16020"', "port 16020 (:16020 and 127.0.0.1:16020)", id="bare"
+        ),
+        pytest.param('"0.0.0.0:16020"', '"[::]:16020"', None, id="v4-and-v6-apart"),
+        pytest.param('"127.0.0.1:16020"', '"[::1]:16020"', None, id="loopbacks-apart"),
+        pytest.param('"127.0.0.1:16020"', '"127.0.0.1:16021"', None, id="ports-apart"),
+    ],
+)
+def test_check_config_catches_one_port_spelled_two_ways(
+    tmp_path: Path, first: str, second: str, where: str | None
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[[bridge]]\nname = "a"\nlisten = {first}\ntarget = "192.0.2.1:502"\n'
+        f'[[bridge]]\nname = "b"\nlisten = {second}\ntarget = "192.0.2.2:502"\n'
+    )
+    result = run_cli("check-config", str(path))
+    if where is None:
+        assert result.returncode == 0, result.stderr
+        header = result.stdout.splitlines()[0]
+        assert "valid, 2 bridge(s)" in header
+    else:
+        assert result.returncode == 2
+        (line,) = result.stderr.splitlines()
+        assert f"bridges 'a' and 'b' both listen on {where}" in line
+
+
+def test_check_config_refuses_a_profile_made_for_another_protocol(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[[bridge]]\nname = "web"\nprotocol = "http"\nprofile = "huawei-sdongle"\n'
+        'listen = 8080\ntarget = "192.0.2.1:80"\n'
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert 'bridge "web": profile: huawei-sdongle is a profile for modbus devices' in line
+
+
 def test_a_bad_file_stops_the_server_at_start_with_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "site.toml"
     path.write_text(BRIDGE + "max-inflight = 5000\n")

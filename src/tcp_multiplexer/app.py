@@ -29,7 +29,7 @@ from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.logs import NOTICE, BridgeLog, setup_logging
 from tcp_multiplexer.observability.http import ObservabilityListener
 from tcp_multiplexer.observability.status import History
-from tcp_multiplexer.options import Address
+from tcp_multiplexer.options import Address, listen_clash
 from tcp_multiplexer.supervise import Supervisor
 from tcp_multiplexer.systemd import SystemdNotifier
 
@@ -61,24 +61,9 @@ def raise_file_limit() -> tuple[int, int]:
     return soft, soft
 
 
-WILDCARD_HOSTS: Final = frozenset(("", "0.0.0.0", "::"))  # noqa: S104 - recognised, not bound
-"""Hosts that mean every interface."""
-
-
-def _wildcard(host: str) -> bool:
-    return host in WILDCARD_HOSTS
-
-
 def listen_overlap(old: tuple[Address, ...], new: tuple[Address, ...]) -> bool:
-    """True if a listener of `new` could not be opened while `old`'s are (same port,
-    and the same host or one of them all interfaces)."""
-    return any(
-        a.port == b.port
-        and a.port != 0
-        and (a.host == b.host or _wildcard(a.host) or _wildcard(b.host))
-        for a in old
-        for b in new
-    )
+    """True if a listener of `new` could not be opened while `old`'s are."""
+    return any(listen_clash(a, b) for a in old for b in new)
 
 
 class App:

@@ -14,8 +14,10 @@ not name the option: the caller adds the flag or the key.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -224,6 +226,50 @@ def local_listen_value(value: object) -> Address:
     """A listen address that stays on loopback unless a host is given."""
     address = listen_value(value)
     return address if address.host else Address("127.0.0.1", address.port)
+
+
+@functools.lru_cache(maxsize=256)
+def bound_hosts(host: str) -> frozenset[str]:
+    """The IP addresses a listener on `host` binds (``0.0.0.0`` and ``::`` for every
+    interface; ``localhost`` its loopback addresses); a name that does not resolve is
+    kept as it is written."""
+    if not host:
+        return frozenset(("0.0.0.0", "::"))  # noqa: S104 - a name for every interface, not bound here
+    try:
+        return frozenset((str(ipaddress.ip_address(host.split("%", 1)[0])),))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return frozenset((host,))
+    return frozenset(str(info[4][0]).split("%", 1)[0] for info in found)
+
+
+def _clash(one: str, other: str) -> bool:
+    """True if listening on host address `one` keeps a listener on `other` (same port)
+    from opening: the same address, or either is every interface of the other's family
+    (asyncio sets IPV6_V6ONLY, so ``::`` does not cover IPv4)."""
+    if one == other:
+        return True
+    try:
+        first, second = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    except ValueError:
+        return False
+    return first.version == second.version and (first.is_unspecified or second.is_unspecified)
+
+
+def listen_clash(one: Address, other: Address) -> bool:
+    """True if a listener on `one` and one on `other` cannot both open: the same port
+    (not 0: any free port) on the same interface, however each is spelled
+    (``localhost:5020`` and ``127.0.0.1:5020``, ``5020`` and ``127.0.0.1:5020``)."""
+    if one.port != other.port or one.port == 0:
+        return False
+    return any(
+        _clash(first, second)
+        for first in bound_hosts(one.host)
+        for second in bound_hosts(other.host)
+    )
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

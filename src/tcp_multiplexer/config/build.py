@@ -68,13 +68,22 @@ def with_profile(values: Mapping[str, object]) -> Mapping[str, object]:
     """`values` with its profile's settings for every key it does not give itself.
 
     Raises:
-        ConfigError: no such profile.
+        ConfigError: no such profile, or one made for another protocol.
     """
     name = values.get("profile")
     if name is None:
         return values
     profile = get_profile(_BRIDGE["profile"].read(name))
     given = _spelled(values)
+    made_for = profile.settings.get("protocol")
+    if made_for is not None and "protocol" in given:
+        protocol = _BRIDGE["protocol"].read(values["protocol"])
+        if protocol != made_for:
+            raise ConfigError(
+                f"{profile.name} is a profile for {made_for} devices; this bridge's "
+                f"protocol is {protocol}",
+                key="profile",
+            )
     merged = dict(values)
     for key, value in profile.settings.items():
         if key not in given:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.options import Address, Network, parse_listen
+from tcp_multiplexer.options import Address, Network, listen_clash, parse_listen
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.target import Target, TargetPlan, parse_target_url
@@ -40,6 +40,13 @@ MAX_CAPTURE: Final = 100_000
 """Transactions a bridge may keep for /capture: a few hundred bytes each."""
 MAX_INFLIGHT_LIMIT: Final = 1024
 """Upper bound for --max-inflight; Modbus ids are 16 bits, and no device pipelines more."""
+
+
+def _where(one: Address, other: Address) -> str:
+    """Where two clashing listen addresses meet, as a user wrote them."""
+    if one == other:
+        return str(one)
+    return f"port {one.port} ({one} and {other})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +114,10 @@ class BridgeConfig:
             object.__setattr__(self, "name", str(self.listen[0]) if self.listen else "")
         if not self.listen:
             raise ConfigError("give at least one address", key="listen")
-        if len(set(self.listen)) != len(self.listen):
-            raise ConfigError("the same address is given twice", key="listen")
+        for index, address in enumerate(self.listen):
+            for earlier in self.listen[:index]:
+                if listen_clash(earlier, address):
+                    raise ConfigError(f"{_where(earlier, address)} is given twice", key="listen")
         if self.timeout <= 0:
             raise ConfigError("must be positive", key="timeout")
         if self.connect_timeout <= 0:
@@ -212,29 +221,25 @@ class AppConfig:
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"two bridges are named {name!r}")
-        seen: dict[Address, str] = {}
+        seen: list[tuple[Address, str]] = []
         for bridge in self.bridges:
             for address in bridge.listen:
-                if address.port == 0:
-                    continue  # any free port: never the same one twice
-                other = seen.get(address)
-                if other is not None:
-                    raise ConfigError(
-                        f"bridges {other!r} and {bridge.name!r} both listen on {address}"
-                    )
-                seen[address] = bridge.name
-        if self.metrics_listen is not None and self.metrics_listen.port:
-            for bridge in self.bridges:
-                for address in bridge.listen:
-                    if address.port == self.metrics_listen.port and (
-                        address.host in ("", self.metrics_listen.host)
-                        or self.metrics_listen.host in ("", "0.0.0.0", "::")  # noqa: S104
-                    ):
+                for earlier, other in seen:
+                    if other != bridge.name and listen_clash(earlier, address):
                         raise ConfigError(
-                            f"{self.metrics_listen} is bridge {bridge.name!r}'s address: the "
-                            "metrics listener must not be reachable on a bridge's port",
-                            key="metrics-listen",
+                            f"bridges {other!r} and {bridge.name!r} both listen on "
+                            + _where(earlier, address)
                         )
+                seen.append((address, bridge.name))
+        metrics = self.metrics_listen
+        if metrics is not None:
+            for address, name in seen:
+                if listen_clash(address, metrics):
+                    raise ConfigError(
+                        f"{metrics} is bridge {name!r}'s address ({address}): the "
+                        "metrics listener must not be reachable on a bridge's port",
+                        key="metrics-listen",
+                    )
 
     def bridge(self, name: str) -> BridgeConfig:
         """The bridge named `name`.
