@@ -145,8 +145,8 @@ class BridgeConfig:
         target = cast(object, self.target)
         if isinstance(target, Address):
             object.__setattr__(self, "target", Target.tcp(target))
-        address = self.target.address if self.target is not None else None
-        if address is not None and address.port == 0:
+        target_address = self.target.address if self.target is not None else None
+        if target_address is not None and target_address.port == 0:
             raise ConfigError("the port must not be 0", key="target")
         if self.target_tls and self.target is not None and self.target.is_serial:
             raise ConfigError("is for TCP targets, not a serial line", key="target-tls")
