@@ -10,6 +10,7 @@ from tcp_multiplexer import __version__
 from tcp_multiplexer.cli import build_parser, config_from_args, main
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.options import Address
+from tcp_multiplexer.profiles import PROFILES
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.target import Target
@@ -147,10 +148,32 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str) -> None:
     assert result.stdout == ""
 
 
-def test_missing_command_exits_2() -> None:
+def test_no_command_prints_the_commands_and_where_to_start() -> None:
     result = run_cli()
     assert result.returncode == 2
-    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr == ""
+    for command in ("server", "check-config", "health", "capture", "profiles", "demo"):
+        assert f"    {command} " in result.stdout, command
+    assert "tcp-multiplexer demo" in result.stdout
+    assert "tcp-multiplexer COMMAND --help" in result.stdout
+
+
+def test_dash_dash_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tcp-multiplexer {__version__}"
+
+
+def test_profiles_print_every_setting_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line) <= 88 for line in lines if line.startswith(" ")), "wrapped"
+    settings = " ".join(line.strip().removeprefix("sets:").strip() for line in lines if line)
+    for key, value in PROFILES["huawei-sdongle"].settings.items():
+        assert f"{key} = {value}" in settings, key
+    assert not any(line.rstrip().endswith("-") for line in lines), "a word cut at its hyphen"
 
 
 def test_list_prints_one_protocol_per_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,12 @@ from tcp_multiplexer.protocols.registry import protocol_names
 logger = logging.getLogger("tcp_multiplexer")
 
 EXIT_USAGE = 2
+USAGE_HINT = """
+Start with:
+  tcp-multiplexer demo                    a simulated inverter and five clients, no hardware
+  tcp-multiplexer server -p modbus -t 192.168.1.22:502 -l 127.0.0.1:5020 --timeout 5s -v
+  tcp-multiplexer server --config site.toml
+  tcp-multiplexer COMMAND --help          the options of one command"""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -182,10 +188,10 @@ def build_parser() -> OneLineErrorParser:
         description="Let many TCP clients share one (or a few) connections to a target that "
         "accepts only a few: Modbus/TCP, HTTP/1.1, ISO-8583, MPU and newline protocols.",
     )
+    parser.add_argument("--version", action="version", version=f"tcp-multiplexer {__version__}")
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=OneLineErrorParser
     )
-    commands.required = True
     server = commands.add_parser(
         "server",
         help="run the multiplexer",
@@ -236,6 +242,10 @@ async def serve(config: AppConfig, source: Callable[[], AppConfig] | None = None
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        print(USAGE_HINT)
+        return EXIT_USAGE
     if args.command == "list":
         for name in protocol_names():
             print(name)

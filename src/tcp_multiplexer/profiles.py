@@ -173,7 +173,10 @@ def describe_profiles() -> str:
     """What `tcp-multiplexer profiles` prints."""
     out = []
     for profile in PROFILES.values():
-        settings = ", ".join(f"{key} = {value}" for key, value in profile.settings.items())
+        # Each setting stays whole on its line: no-break spaces inside it while wrapping.
+        settings = ", ".join(
+            f"{key} = {value}".replace(" ", NO_BREAK) for key, value in profile.settings.items()
+        )
         out.append(f"{profile.name}: {profile.device}")
         for label, text in (
             ("sets", settings),
@@ -181,9 +184,19 @@ def describe_profiles() -> str:
             *(("note", note) for note in profile.notes),
         ):
             out.extend(
-                textwrap.wrap(
-                    text, width=88, initial_indent=f"  {label + ':':<6} ", subsequent_indent=" " * 9
+                line.replace(NO_BREAK, " ")
+                for line in textwrap.wrap(
+                    text,
+                    width=88,
+                    initial_indent=f"  {label + ':':<6} ",
+                    subsequent_indent=" " * 9,
+                    break_on_hyphens=False,
+                    break_long_words=False,
                 )
             )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+NO_BREAK: Final = "\u00a0"
+"""Not whitespace to textwrap (which splits on ASCII whitespace only)."""
