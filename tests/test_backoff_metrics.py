@@ -79,6 +79,28 @@ def test_quantiles_are_interpolated_within_their_bucket() -> None:
     assert histogram.quantile(1.0) == LATENCY_BUCKETS_S[-1]
 
 
+def test_a_quantile_never_reads_above_the_slowest_answer() -> None:
+    """Interpolation alone put p99 at 4.94 s when the slowest answer took 3.0 s: a
+    bucket of 3 to 5 s holds it."""
+    histogram = LatencyHistogram()
+    for _ in range(99):
+        histogram.observe(0.02)
+    histogram.observe(3.0004)
+    assert LATENCY_BUCKETS_S[LATENCY_BUCKETS_S.index(3.0) + 1] == 5.0
+    assert histogram.quantile(0.999) == pytest.approx(3.0004)
+    assert histogram.quantile(0.99) <= 3.0004
+    earlier = histogram.copy()
+    histogram.observe(3.0002)
+    window = histogram.since(earlier)
+    assert window.count == 1
+    assert window.quantile(0.99) <= 3.0004, "a window reads no higher than the slowest yet"
+    target = TargetMetrics(Counter())
+    for elapsed in (0.02, 3.0001):
+        target.latency.observe(elapsed)
+    line = bridge_metrics(target).snapshot().log_line()
+    assert "p99=3000.10ms" in line, line
+
+
 def bridge_metrics(target: TargetMetrics) -> BridgeMetrics:
     return BridgeMetrics(
         ClientMetrics(accepted=1),

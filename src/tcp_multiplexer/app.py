@@ -383,7 +383,8 @@ class App:
                 earlier = previous.get(name)
                 previous[name] = now
                 line = now.log_line() if earlier is None else now.interval_line(earlier, interval)
-                bridge.log.info("metrics: %s", line)
+                # Named whatever the other lines do, as SIGUSR1's: it is read on its own.
+                BridgeLog(bridge.log.logger, name, prefix=True).info("metrics: %s", line)
 
     async def _watchdog(self, interval: float) -> None:
         """WATCHDOG=1 while the event loop runs: a hung loop stops the pings."""

@@ -877,7 +877,7 @@ async def test_the_metrics_line_names_every_gateway_event(caplog: pytest.LogCapt
             def logged() -> bool:
                 for record in caplog.records:
                     message = record.getMessage()
-                    if message.startswith("metrics:") and all(
+                    if message.startswith("[test] metrics:") and all(
                         f"{key}={value}" in message for key, value in expected.items()
                     ):
                         return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -129,3 +130,46 @@ async def test_a_refusing_target_that_comes_back_is_served_within_a_second() -> 
     assert first_good is not None
     assert first_good - back <= BACK_WITHIN
     assert connects <= SHORT_OUTAGE + 4, "no more than one attempt a second"
+
+
+async def test_the_log_says_when_the_next_attempt_is_due_and_a_first_connect_is_no_return(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A target not up at start: the failure once as a warning, each retry when it is
+    really due (a request brings a long backoff forward), then "reachable", and
+    "reachable again" only for a target that was reached before."""
+    caplog.set_level(logging.INFO, logger="tcp_multiplexer")
+
+    def messages(needle: str) -> list[logging.LogRecord]:
+        return [record for record in caplog.records if needle in record.getMessage()]
+
+    async with (
+        asyncio.timeout(20),
+        TargetServer(TargetConfig(protocol=ProtocolName.MODBUS)) as target,
+    ):
+        await target.go_down()
+        where = f"{LOOPBACK}:{target.port}"
+        settings = mux_config(target.port, protocol=ProtocolName.MODBUS, reconnect_backoff=0.05)
+        async with running_multiplexer(settings):
+            await eventually(
+                lambda: bool(
+                    messages("retrying on the next request (at most every 0.05s), else in")
+                ),
+                message="a retry past the first backoff step",
+            )
+            failures = messages(f"cannot connect to target {where}")
+            assert [record.levelno for record in failures[:1]] == [logging.WARNING]
+            assert all(record.levelno == logging.INFO for record in failures[1:])
+            assert "; retrying in 0.0" in failures[0].getMessage()
+            await target.come_up()
+            await eventually(
+                lambda: bool(messages(f"target {where} is reachable")), message="reachable"
+            )
+            assert not messages("reachable again"), "never reached before"
+            await target.go_down()
+            await eventually(lambda: len(messages("cannot connect")) > len(failures))
+            await target.come_up()
+            await eventually(
+                lambda: bool(messages(f"target {where} is reachable again")),
+                message="reachable again",
+            )

@@ -130,7 +130,8 @@ async def test_verbose_logs_a_periodic_metrics_line() -> None:
                     assert await echo(client, line) == line
                 match = await wait_for_line(
                     process,
-                    r"metrics: clients=1 \(total 1\) target_connections=1 requests=3 "
+                    r"\[127\.0\.0\.1:\d+\] metrics: clients=1 \(total 1\) target_connections=1 "
+                    r"requests=3 "
                     r"replies=3 failures=\[\] reconnects=0 "
                     r"latency mean=(\d+\.\d+)ms p99=(\d+\.\d+)ms",
                 )

@@ -345,6 +345,8 @@ class Dispatcher:
         elapsed = now - request.submitted_at
         counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
         latency.total += elapsed
+        if elapsed > latency.maximum:
+            latency.maximum = elapsed
         metrics.answers += 1
         if self._record is not None:
             self._record(request, answer, "answer", now)
@@ -364,6 +366,8 @@ class Dispatcher:
                 elapsed = now - follower.submitted_at
                 counts[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
                 latency.total += elapsed
+                if elapsed > latency.maximum:
+                    latency.maximum = elapsed
                 metrics.answers += 1
                 shared = share(follower.payload, answer)
                 if self._record is not None:

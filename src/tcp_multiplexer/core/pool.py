@@ -112,6 +112,8 @@ class UpstreamPool:
         self._connections: list[PooledConnection] = []
         self._next = 0
         self._last_attempt_failed = False
+        self._was_up = False
+        """A connection was up once (a target coming back is "reachable again")."""
         self.unreachable = False
         """No connection is up and the last attempt to open one failed (a plain
         attribute, kept by the slots: it is read for every request that waits)."""
@@ -275,14 +277,22 @@ class UpstreamPool:
         reason = str(exc) or type(exc).__name__
         self._log.log(
             logging.WARNING if first else logging.INFO,
-            "cannot connect to target %s: %s; retrying in %.2fs",
+            "cannot connect to target %s: %s; %s",
             self.target,
             reason,
-            delay,
+            self._next_attempt_text(delay),
             extra={"target": self.target, "reason": reason},
         )
         if not self._connections:
             self._events.target_unreachable()
+
+    def _next_attempt_text(self, delay: float) -> str:
+        """When the next attempt is really due: a request brings a long backoff forward
+        (see `demand`), so past the first step the log says so."""
+        step = self._settings.reconnect_backoff
+        if delay <= step:
+            return f"retrying in {delay:.2f}s"
+        return f"retrying on the next request (at most every {step:g}s), else in {delay:.2f}s"
 
     def _connection_up(
         self, connection: PooledConnection, transport: asyncio.BaseTransport
@@ -290,8 +300,12 @@ class UpstreamPool:
         if self._last_attempt_failed and not self._connections:
             # Shown by default, as the failure was: a quiet log must not end on an error.
             self._log.log(
-                NOTICE, "target %s is reachable again", self.target, extra={"target": self.target}
+                NOTICE,
+                "target %s is reachable again" if self._was_up else "target %s is reachable",
+                self.target,
+                extra={"target": self.target},
             )
+        self._was_up = True
         self._last_attempt_failed = False
         self.unreachable = False
         self.last_error = None

@@ -32,17 +32,23 @@ REASON_NAMES: Final = {reason: reason.name.lower() for reason in FailureReason}
 
 
 class LatencyHistogram:
-    """Counts of latencies per bucket (the last one: beyond 70 s), and their sum."""
+    """Counts of latencies per bucket (the last one: beyond 70 s), their sum, and the
+    largest latency observed (a quantile never reads above it)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "maximum", "total")
 
-    def __init__(self, counts: Sequence[int] | None = None, total: float = 0.0) -> None:
+    def __init__(
+        self, counts: Sequence[int] | None = None, total: float = 0.0, maximum: float = 0.0
+    ) -> None:
         self.counts = list(counts) if counts is not None else [0] * (len(LATENCY_BUCKETS_S) + 1)
         self.total = total
+        self.maximum = maximum
 
     def observe(self, seconds: float) -> None:
         self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         self.total += seconds
+        if seconds > self.maximum:
+            self.maximum = seconds
 
     @property
     def count(self) -> int:
@@ -61,7 +67,9 @@ class LatencyHistogram:
         return LATENCY_BUCKETS_S[min(index, len(LATENCY_BUCKETS_S) - 1)]
 
     def quantile(self, fraction: float) -> float:
-        """The `fraction` quantile, interpolated linearly within its bucket (0 if none).
+        """The `fraction` quantile, interpolated linearly within its bucket (0 if none),
+        and never above the largest latency observed (interpolation alone would read
+        4.9 s from a bucket of 3 to 5 s whose slowest answer took 3.0 s).
 
         Beyond the last bound (70 s) the last bound is returned.
         """
@@ -74,7 +82,8 @@ class LatencyHistogram:
         lower = LATENCY_BUCKETS_S[index - 1] if index else 0.0
         upper = LATENCY_BUCKETS_S[index]
         share = (fraction * self.count - below) / self.counts[index]
-        return lower + (upper - lower) * min(1.0, max(0.0, share))
+        value = lower + (upper - lower) * min(1.0, max(0.0, share))
+        return min(value, self.maximum) if self.maximum else value
 
     def _bucket_of(self, fraction: float) -> int | None:
         count = self.count
@@ -89,13 +98,18 @@ class LatencyHistogram:
         return len(self.counts) - 1
 
     def copy(self) -> LatencyHistogram:
-        return LatencyHistogram(self.counts, self.total)
+        return LatencyHistogram(self.counts, self.total, self.maximum)
 
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram:
-        """What was observed after `earlier` (a copy of this histogram) was taken."""
+        """What was observed after `earlier` (a copy of this histogram) was taken.
+
+        Its `maximum` is the largest observed so far, before `earlier` too: the largest
+        of a window alone is not kept (it would cost the request path a second one).
+        """
         return LatencyHistogram(
             [now - then for now, then in zip(self.counts, earlier.counts, strict=True)],
             self.total - earlier.total,
+            self.maximum,
         )
 
     def cumulative(self, bounds: Iterable[float]) -> list[tuple[float, int]]:
@@ -380,4 +394,5 @@ def _merged(histograms: Iterable[LatencyHistogram]) -> LatencyHistogram:
             mine + theirs for mine, theirs in zip(merged.counts, histogram.counts, strict=True)
         ]
         merged.total += histogram.total
+        merged.maximum = max(merged.maximum, histogram.maximum)
     return merged
