@@ -93,7 +93,7 @@ class FakePool:
     def available_connection(self) -> TargetConnection | None:
         return self.connection if self.connection.can_send else None
 
-    def demand(self) -> None:
+    def demand(self, waiting: int = 1) -> None:
         self.demands += 1
 
     def free(self) -> None:

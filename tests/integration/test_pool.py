@@ -75,6 +75,30 @@ async def test_max_connections_are_really_used_in_parallel(max_connections: int)
         assert mux.pool.connections == max_connections
 
 
+async def test_a_burst_opens_the_connections_it_needs_at_once() -> None:
+    """One connection up, three requests at once, a post-connect delay that keeps a new
+    connection opening for a while: each request gets a connection of its own, instead
+    of the third waiting for another's answer."""
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        TargetServer(TargetConfig(delay=0.6)) as target,
+        running_multiplexer(mux_config(target.port, max_connections=3, delay=0.3)) as mux,
+    ):
+        await wait_for_target_connection(mux)
+        async with open_clients(mux.port, 3) as clients:
+            payloads = [f"burst {index}\n".encode() for index in range(3)]
+            for (_reader, writer), payload in zip(clients[:2], payloads, strict=False):
+                writer.write(payload)
+            # The second connection is open and in its post-connect delay: the third
+            # request arrives while it is still on its way.
+            await target.wait_for(lambda stats: stats.accepted == 2)
+            clients[2][1].write(payloads[2])
+            answers = await asyncio.gather(*(reader.readline() for reader, _writer in clients))
+            assert answers == payloads
+        assert target.stats.max_concurrent == 3, "all three at the target together"
+        assert target.stats.accepted == 3
+
+
 async def test_a_full_queue_pushes_back_and_refuses_nothing() -> None:
     """queue_size=2, one slow connection, 12 clients pipelining 2 requests each."""
     async with (

@@ -178,7 +178,7 @@ class Dispatcher:
             self._paused.add(owner)
             owner.pause_for_queue()
         if pool.can_open_more:
-            pool.demand()
+            pool.demand(self._waiting)
 
     def begin_batch(self) -> None:
         """Several requests follow: hold their writes per connection until end_batch()."""

@@ -457,9 +457,10 @@ class Pool(Protocol):
         """True if `demand()` could open another connection (a slot is unused)."""
         ...
 
-    def demand(self) -> None:
-        """Requests are waiting: open another connection if a slot is free, and try
-        again now if the target is down and the last attempt is old enough."""
+    def demand(self, waiting: int = 1) -> None:
+        """`waiting` requests wait: open more connections while slots are free and
+        fewer are on their way than requests wait, and try again now if the target is
+        down and the last attempt is old enough."""
         ...
 
 

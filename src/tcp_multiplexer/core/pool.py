@@ -7,8 +7,9 @@ ask and the target is down, a request cuts a slot's backoff short once its last 
 is older than the first backoff step (`reconnect_backoff`, 1 s by default): a device
 that comes back after a long outage is served again within about a second, and with
 nobody asking the backoff grows to its cap as before. Slot 0
-connects at start; further slots start when requests have to wait, so
-`--max-connections N` opens only what the load needs. Serving happens in callbacks
+connects at start; further slots start when requests have to wait, one for each
+waiting request that no connection on its way will take (a burst of three opens two
+more at once), so `--max-connections N` opens only what the load needs. Serving happens in callbacks
 (upstream.py), never in these tasks. Slot tasks are started through the task spawner,
 which restarts one that fails unexpectedly.
 """
@@ -58,10 +59,10 @@ class PoolSettings:
 class _Slot:
     __slots__ = (
         "backing_off",
-        "busy_connecting",
         "index",
         "kick",
         "last_attempt",
+        "serving",
         "task",
         "wanted",
     )
@@ -69,7 +70,8 @@ class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
         self.wanted = asyncio.Event()
-        self.busy_connecting = False
+        self.serving = False
+        """Its connection is up and offered to requests."""
         self.task: asyncio.Task[None] | None = None
         self.kick = asyncio.Event()
         """Set to end a backoff wait early (a request came while the target is down)."""
@@ -159,9 +161,10 @@ class UpstreamPool:
                 return connection
         return None
 
-    def demand(self) -> None:
-        """Requests are waiting: open one more connection if a slot is free for it; if
-        the target is down, try again now where a slot's last attempt is old enough."""
+    def demand(self, waiting: int = 1) -> None:
+        """`waiting` requests wait for a connection: open more, one per request that no
+        connection being opened will take, while slots are free; if the target is down,
+        try again now where a slot's last attempt is old enough."""
         if self.unreachable and not self._closing:
             now = self._clock.time()
             for slot in self._slots:
@@ -170,9 +173,12 @@ class UpstreamPool:
         if self._closing or not self._unwanted_slots:
             # Called for every queued request: with every slot in use, nothing to do.
             return
+        opening = 0
         for slot in self._slots:
-            if slot.busy_connecting:
-                return
+            if slot.wanted.is_set() and not slot.serving:
+                opening += 1
+        if opening >= waiting:
+            return  # the connections on their way will take every waiting request
         for slot in self._slots:
             if not slot.wanted.is_set():
                 self._want(slot)
@@ -190,7 +196,6 @@ class UpstreamPool:
         try:
             while not self._closing:
                 await slot.wanted.wait()
-                slot.busy_connecting = True
                 slot.last_attempt = self._clock.time()
                 metrics.connect_attempts += 1
                 connection = self._make_connection()
@@ -200,7 +205,6 @@ class UpstreamPool:
                         lambda connection=connection: cast(asyncio.Protocol, connection)  # type: ignore[misc]
                     )
                 except (OSError, TimeoutError) as exc:
-                    slot.busy_connecting = False
                     delay = backoff.next_delay()
                     self._attempt_failed(exc, delay, first=backoff.attempts == 1)
                     await self._back_off(slot, delay)
@@ -212,12 +216,13 @@ class UpstreamPool:
                 connected_at = self._clock.time()
                 if settings.delay:
                     await asyncio.sleep(settings.delay)
-                slot.busy_connecting = False
                 if not connection.closed.done():
+                    slot.serving = True
                     self._connection_up(connection, transport)
                     try:
                         await connection.closed
                     finally:
+                        slot.serving = False
                         self._connection_down(connection)
                 if self.closing:
                     return
@@ -254,7 +259,7 @@ class UpstreamPool:
                         )
                     await self._back_off(slot, delay)
         finally:
-            slot.busy_connecting = False
+            slot.serving = False
 
     async def _back_off(self, slot: _Slot, delay: float) -> None:
         """Wait `delay` before the next attempt, or less if `demand()` says to."""
