@@ -1,4 +1,7 @@
-"""A bridge: one listener set, its client sessions, its dispatcher, its pool, its metrics.
+"""A bridge: one listener set, its client sessions, its targets, its metrics.
+
+Its targets (a connector, pool and dispatcher for each, and the router over them) are
+built by target_paths.py.
 
 A bridge is built whole in its constructor from its `BridgeConfig` and the services of
 the process it runs in (the clock, the poller, the task spawner); `start()` opens its
@@ -13,12 +16,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from tcp_multiplexer.config.model import BridgeConfig
-from tcp_multiplexer.core.dispatch import Dispatcher
 from tcp_multiplexer.core.interfaces import (
     ClientCodec,
     ClientConnection,
@@ -26,24 +26,24 @@ from tcp_multiplexer.core.interfaces import (
     Connector,
     Dispatch,
     Poller,
-    PoolEvents,
     RequestFilter,
     TaskSpawner,
 )
-from tcp_multiplexer.core.pool import PoolSettings, UpstreamPool
-from tcp_multiplexer.core.router import KEYS, Router
 from tcp_multiplexer.core.session import ClientSession
-from tcp_multiplexer.core.upstream import UpstreamConnection
 from tcp_multiplexer.logs import BridgeLog, format_peer
-from tcp_multiplexer.observability.capture import CaptureRing, Endpoint
+from tcp_multiplexer.observability.capture import CaptureRing
 from tcp_multiplexer.observability.clients import ClientDirectory, ClientStats
-from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics, TargetMetrics
-from tcp_multiplexer.options import Address, client_address
-from tcp_multiplexer.protocols.modbus.routes import units_text
+from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics
+from tcp_multiplexer.options import client_address
 from tcp_multiplexer.protocols.registry import get_spec
-from tcp_multiplexer.protocols.spec import ClientIdentity, EventCounts
-from tcp_multiplexer.target import Target, TargetPlan
-from tcp_multiplexer.transports.serial import SerialConnector
+from tcp_multiplexer.protocols.spec import ClientIdentity
+from tcp_multiplexer.target import TargetPlan
+from tcp_multiplexer.target_paths import (
+    PathServices,
+    build_path,
+    build_router,
+    keys_text,
+)
 from tcp_multiplexer.transports.tcp import (
     TcpConnector,
     configure_keepalive,
@@ -61,10 +61,6 @@ logger = logging.getLogger("tcp_multiplexer.bridge")
 
 REFUSAL_LOG_EVERY: Final = 60.0
 """Seconds between two warnings about refused clients of one reason."""
-
-
-def _endpoint(address: Address) -> Endpoint:
-    return address.host, address.port
 
 
 class BridgeServices(Protocol):
@@ -100,49 +96,6 @@ class BridgeServices(Protocol):
         ...
 
 
-_ROUTE_SETTINGS: Final = (
-    "timeout",
-    "connect_timeout",
-    "delay",
-    "request_gap",
-    "max_idle",
-    "reconnect_backoff",
-    "max_connections",
-    "max_inflight",
-)
-"""What a route may set for its own target (else the bridge's value)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _TargetPath:
-    """Everything one target of a bridge has to itself."""
-
-    connector: Connector
-    pool: UpstreamPool
-    dispatcher: Dispatcher
-    view: TargetView
-
-
-def _keys_text(keys: Iterable[int] | None) -> str:
-    return "others" if keys is None else units_text(keys)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetView:
-    """One target of a bridge as observability reads it: its name, counters, pool and
-    queue, and how long an answer may take."""
-
-    name: str
-    metrics: TargetMetrics
-    pool: UpstreamPool
-    dispatcher: Dispatcher
-    timeout: float
-    max_connections: int
-    units: str = "all"
-    """The route keys it serves (Modbus unit ids, as ``2,10-12``), ``others`` for the
-    bridge's own target beside routes, ``all`` without routes."""
-
-
 class Bridge:
     """Accepts clients and serves their requests over its target connection pool."""
 
@@ -176,13 +129,23 @@ class Bridge:
             ClientDirectory(timed=services.per_client_latency) if services.observing else None
         )
         plans = config.targets()
+        path_services = PathServices(
+            services.clock,
+            services.poller,
+            services.spawner,
+            spec,
+            self._codec,
+            self.log,
+            self.capture,
+        )
         paths = [
-            self._target_path(
+            build_path(
+                config,
                 plan,
-                services,
+                path_services,
                 events if index == 0 else spec.new_events(),
                 connector if index == 0 else None,
-                "all" if len(plans) == 1 and plan.keys is None else _keys_text(plan.keys),
+                "all" if len(plans) == 1 and plan.keys is None else keys_text(plan.keys),
             )
             for index, plan in enumerate(plans)
         ]
@@ -196,7 +159,7 @@ class Bridge:
         self._dispatch: Dispatch = (
             first.dispatcher
             if len(paths) == 1 and plans[0].keys is None
-            else self._router(plans, paths)
+            else build_router(spec, self._codec, events, plans, paths)
         )
         self.clients = ClientMetrics()
         self._sessions: set[ClientConnection] = set()
@@ -213,142 +176,6 @@ class Bridge:
         self._refusals_logged: dict[str, float] = {}
         self._servers: list[asyncio.Server] = []
         self._draining = False
-
-    def _target_path(
-        self,
-        plan: TargetPlan,
-        services: BridgeServices,
-        events: EventCounts,
-        connector: Connector | None,
-        units: str,
-    ) -> _TargetPath:
-        """The connector, pool, dispatcher and counters of one target of the plan."""
-        config = self.config
-        spec = self._spec
-        options = config.protocol_options
-        values: dict[str, Any] = {
-            name: plan.settings.get(name, getattr(config, name)) for name in _ROUTE_SETTINGS
-        }
-        target = plan.target
-        if target.is_serial:
-            # One master on a line: one connection, and the line's silence between frames.
-            values["max_connections"] = 1
-            values["request_gap"] = max(values["request_gap"], target.silence)
-        metrics = TargetMetrics(events)
-        codec = (
-            spec.target_codec_for(options, events, plan)
-            if spec.target_codec_for is not None
-            else spec.target_codec(options, events)
-        )
-        policy = (
-            spec.gateway_policy(options, events, services.clock)
-            if spec.gateway_policy is not None
-            else None
-        )
-        if connector is None:
-            connector = self._connector_for(target, values["connect_timeout"])
-        settings = PoolSettings(
-            max_connections=values["max_connections"],
-            timeout=values["timeout"],
-            reconnect_backoff=values["reconnect_backoff"],
-            delay=values["delay"],
-            max_inflight=values["max_inflight"],
-            request_gap=values["request_gap"],
-            max_idle=values["max_idle"],
-        )
-        pools: list[UpstreamPool] = []
-        name = connector.target
-        connection_name = name if self._spec.route_key and len(config.targets()) > 1 else "target"
-
-        def make_pool(sink: PoolEvents) -> UpstreamPool:
-            def make_connection() -> UpstreamConnection:
-                return UpstreamConnection(
-                    connection_name,
-                    codec,
-                    sink,
-                    metrics,
-                    services.poller,
-                    clock=services.clock,
-                    log=self.log,
-                    timeout=values["timeout"],
-                    max_inflight=values["max_inflight"],
-                    request_gap=values["request_gap"],
-                    max_idle=values["max_idle"],
-                )
-
-            pool = UpstreamPool(
-                sink,
-                connector,
-                make_connection,
-                settings,
-                metrics,
-                clock=services.clock,
-                spawner=services.spawner,
-                log=self.log,
-                name=config.name,
-            )
-            pools.append(pool)
-            return pool
-
-        address = target.address
-        recorder = (
-            self.capture.recorder(None if address is None else _endpoint(address))
-            if self.capture is not None
-            else None
-        )
-        dispatcher = Dispatcher(
-            self._codec,
-            metrics,
-            make_pool,
-            clock=services.clock,
-            log=self.log,
-            timeout=values["timeout"],
-            queue_size=config.queue_size,
-            policy=policy,
-            recorder=recorder,
-        )
-        (pool,) = pools
-        view = TargetView(
-            name,
-            metrics,
-            pool,
-            dispatcher,
-            values["timeout"],
-            values["max_connections"],
-            units,
-        )
-        return _TargetPath(connector, pool, dispatcher, view)
-
-    def _connector_for(self, target: Target, connect_timeout: float) -> Connector:
-        config = self.config
-        if target.is_serial:
-            return SerialConnector(target, connect_timeout=connect_timeout)
-        if target.address is None:
-            raise ValueError(f"{target} has no address")
-        return TcpConnector(
-            target.address,
-            name=str(target),
-            connect_timeout=connect_timeout,
-            keepalive_idle=config.health_check_interval,
-            ssl=client_context(config.target_ca, config.target_cert, config.target_key)
-            if config.target_tls
-            else None,
-        )
-
-    def _router(self, plans: list[TargetPlan], paths: list[_TargetPath]) -> Router:
-        """Each route key to the dispatcher of its target; keys no plan serves to the
-        one that serves every other key (the bridge's own target), or to none."""
-        key = self._spec.route_key
-        if key is None:
-            raise ValueError(f"{self._spec.name} has no routes")
-        table: list[Dispatch | None] = [None] * KEYS
-        for plan, path in zip(plans, paths, strict=True):
-            if plan.keys is None:
-                table = [path.dispatcher] * KEYS
-        for plan, path in zip(plans, paths, strict=True):
-            for unit in plan.keys or ():
-                table[unit] = path.dispatcher
-        return Router(key, table, self._codec, self._events)
 
     # ------------------------------------------------------------------ SessionHost
 
@@ -492,7 +319,7 @@ class Bridge:
 
     @staticmethod
     def _route_text(plan: TargetPlan) -> str:
-        keys = "other units" if plan.keys is None else f"units {_keys_text(plan.keys)}"
+        keys = "other units" if plan.keys is None else f"units {keys_text(plan.keys)}"
         mapped = ", ".join(f"{c}->{d}" for c, d in sorted(plan.key_map.items()))
         return f"{keys} to {plan.target}" + (f" (unit map {mapped})" if mapped else "")
 

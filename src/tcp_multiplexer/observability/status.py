@@ -42,7 +42,8 @@ from tcp_multiplexer import __version__
 from tcp_multiplexer.observability.metrics import MetricsSnapshot
 
 if TYPE_CHECKING:
-    from tcp_multiplexer.bridge import Bridge, TargetView
+    from tcp_multiplexer.bridge import Bridge
+    from tcp_multiplexer.target_paths import TargetView
 
 HISTORY_STEP: Final = 5.0
 """Seconds between two points of a bridge's chart."""
