@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,16 @@ from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.options import Address
 
 LOOPBACK = "127.0.0.1"
+
+
+def loopback_alias_works(address: str) -> bool:
+    """127.0.0.2 and 127.0.0.3 are loopback on Linux; check before relying on them."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
 
 
 async def eventually(

@@ -23,6 +23,7 @@ from typing import Final
 
 from tcp_multiplexer.bridge import Bridge
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
+from tcp_multiplexer.config.render import describe_changes
 from tcp_multiplexer.core.interfaces import Clock, Connector, LoopClock
 from tcp_multiplexer.core.poller import Poller
 from tcp_multiplexer.errors import ConfigError
@@ -263,10 +264,11 @@ class App:
     # ------------------------------------------------------------------ reload
 
     async def reload(self, new: AppConfig) -> None:
-        """Apply `new`: start added bridges, drain removed ones, replace changed ones
-        (new listeners first where the addresses allow), keep unchanged ones untouched,
-        and take the new global settings. A bridge that cannot listen keeps its old
-        configuration (or is left out, if it is new); the others go on."""
+        """Apply `new`: start added bridges, drain removed ones, change changed ones in
+        place (their clients stay: `Bridge.apply`), replace those whose protocol
+        changed, keep unchanged ones untouched, and take the new global settings. A
+        bridge that cannot listen keeps its old configuration (or is left out, if it is
+        new); the others go on."""
         running: list[BridgeConfig] = []
         new_by_name = {bridge.name: bridge for bridge in new.bridges}
         for name in list(self.bridges):
@@ -287,6 +289,8 @@ class App:
             elif old.config == config:
                 old.reload_tls()  # renewed certificate files, same names
                 running.append(config)
+            elif old.config.protocol == config.protocol:
+                running.append(await self._apply(old, config))
             elif await self._replace(old, config):
                 running.append(config)
             else:
@@ -308,9 +312,19 @@ class App:
         except OSError as exc:
             logger.error("reload: %s; no metrics listener until the next reload", exc.strerror)
 
+    async def _apply(self, bridge: Bridge, config: BridgeConfig) -> BridgeConfig:
+        """Change a running bridge to `config` in place, logging what changed; returns
+        the config it runs with (the old one if it could not take the new)."""
+        changes = describe_changes(bridge.config, config)
+        connector = self._connector_for(config) if self._connector_for is not None else None
+        if not await bridge.apply(config, connector):
+            return bridge.config
+        bridge.log.notice("reload changed %s", "; ".join(changes))
+        return config
+
     async def _replace(self, old: Bridge, config: BridgeConfig) -> bool:
-        """Put a bridge built from `config` in `old`'s place; False if it cannot listen
-        (`old` then goes on as it was)."""
+        """Put a bridge built from `config` in `old`'s place (its protocol changed, so its
+        clients cannot stay); False if it cannot listen (`old` then goes on as it was)."""
         new = self._new_bridge(config)
         overlap = listen_overlap(old.config.listen, config.listen)
         if overlap:
@@ -332,7 +346,13 @@ class App:
         self.history.begin(config.name, new, self._clock.time())
         if not overlap:
             old.stop_accepting()
-        old.log.log(NOTICE, "replaced by the reload; draining")
+        old.log.log(
+            NOTICE,
+            "the reload changed its protocol from %s to %s: replaced, its clients closed "
+            "once answered",
+            old.config.protocol,
+            config.protocol,
+        )
         self._drain_in_background(old)
         return True
 

@@ -3,7 +3,8 @@ and counters that serve it (a `TargetPath`), and the router over them.
 
 A bridge has one path per target of its plan (its own target, and one per route). A
 path is built whole from the bridge's config and one `TargetPlan`; nothing in it reads
-the bridge back. It never imports the bridge.
+the bridge back. `path_identity` says what a path's connections depend on, so a reload
+can keep a path whose identity it does not change. It never imports the bridge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tcp_multiplexer.core.interfaces import (
     Clock,
     Connector,
     Dispatch,
+    GatewayPolicy,
     Poller,
     PoolEvents,
     TaskSpawner,
@@ -84,6 +86,9 @@ class TargetPath:
     pool: UpstreamPool
     dispatcher: Dispatcher
     view: TargetView
+    target: Target
+    identity: object
+    """What its connections depend on (`path_identity`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,21 @@ def path_settings(config: BridgeConfig, plan: TargetPlan) -> dict[str, Any]:
     return values
 
 
+def path_identity(config: BridgeConfig, plan: TargetPlan, spec: ProtocolSpec) -> object:
+    """What a target's connections depend on: the target, how requests are rewritten
+    for it, its connection and timing settings, target TLS and keep-alive, and the
+    protocol's connection options. Two configs with the same identity can share one
+    path: a reload keeps it, and its connections stay up."""
+    return (
+        plan.target,
+        tuple(sorted(plan.key_map.items())),
+        tuple(sorted(path_settings(config, plan).items())),
+        config.health_check_interval,
+        (config.target_tls, config.target_ca, config.target_cert, config.target_key),
+        spec.connection_options(config.protocol_options),
+    )
+
+
 def connector_for(config: BridgeConfig, target: Target, connect_timeout: float) -> Connector:
     """How the bridge reaches `target`: a serial line, or TCP (with TLS if asked)."""
     if target.is_serial:
@@ -130,6 +150,16 @@ def connector_for(config: BridgeConfig, target: Target, connect_timeout: float) 
     )
 
 
+def build_policy(
+    config: BridgeConfig, services: PathServices, events: EventCounts
+) -> GatewayPolicy | None:
+    """The protocol's gateway policy for one target (None: it has none)."""
+    spec = services.spec
+    if spec.gateway_policy is None:
+        return None
+    return spec.gateway_policy(config.protocol_options, events, services.clock)
+
+
 def build_path(
     config: BridgeConfig,
     plan: TargetPlan,
@@ -137,23 +167,28 @@ def build_path(
     events: EventCounts,
     connector: Connector | None,
     units: str,
+    *,
+    metrics: TargetMetrics | None = None,
 ) -> TargetPath:
-    """The connector, pool, dispatcher and counters of one target of the plan."""
+    """The connector, pool, dispatcher and counters of one target of the plan.
+
+    `metrics`: counters to go on with (a reload that switches a target over keeps its
+    counts); their events replace `events`.
+    """
     spec = services.spec
     options = config.protocol_options
     values = path_settings(config, plan)
     target = plan.target
-    metrics = TargetMetrics(events)
+    if metrics is None:
+        metrics = TargetMetrics(events)
+    else:
+        events = metrics.events
     codec = (
         spec.target_codec_for(options, events, plan)
         if spec.target_codec_for is not None
         else spec.target_codec(options, events)
     )
-    policy = (
-        spec.gateway_policy(options, events, services.clock)
-        if spec.gateway_policy is not None
-        else None
-    )
+    policy = build_policy(config, services, events)
     if connector is None:
         connector = connector_for(config, target, values["connect_timeout"])
     settings = PoolSettings(
@@ -228,7 +263,7 @@ def build_path(
         values["max_connections"],
         units,
     )
-    return TargetPath(connector, pool, dispatcher, view)
+    return TargetPath(connector, pool, dispatcher, view, target, path_identity(config, plan, spec))
 
 
 def build_router(

@@ -200,3 +200,64 @@ async def test_the_latency_histogram_keeps_the_slowest_answer() -> None:
     latency = rig.metrics.latency
     assert latency.maximum == pytest.approx(3.0004)
     assert latency.quantile(0.99) <= latency.maximum
+
+
+async def test_a_switch_over_moves_waiting_requests_with_their_deadlines() -> None:
+    """A reload that switches targets: the old dispatcher gives up what waits (never
+    sent), in its fair order, and keeps answering what it sent; the new one sends what
+    it adopts when it can, and answers 0x06 at each request's original deadline."""
+    old = Rig(modbus=ModbusOptions(coalesce=False))
+    new = Rig(modbus=ModbusOptions(coalesce=False))
+    new.clock = old.clock
+    new.dispatcher = Dispatcher(
+        ModbusClientCodec(),
+        new.metrics,
+        lambda sink: new.pool,
+        clock=old.clock,
+        log=LOG,
+        timeout=TIMEOUT,
+        queue_size=32,
+    )
+    new.pool.events = new.dispatcher
+    new.pool.connection.free = False  # its connection opens later
+    one, two = FakeOwner("one"), FakeOwner("two")
+    in_flight = old.submit(one, read_request(1, 1, 0, 1))
+    old.submit(one, read_request(2, 1, 1, 1))
+    old.submit(one, read_request(3, 1, 2, 1))
+    old.clock.advance(1.0)
+    old.submit(two, read_request(4, 1, 3, 1))
+    taken = old.dispatcher.take_waiting()
+    assert [request.payload[:2] for request in taken] == [b"\x00\x02", b"\x00\x04", b"\x00\x03"]
+    assert old.dispatcher.waiting == 0
+    assert old.dispatcher.unanswered == 1, "the one in flight stays"
+    for request in taken:
+        new.dispatcher.adopt(request)
+    assert new.dispatcher.unanswered == 3
+    assert new.metrics.requests == 0, "adopted, not counted again"
+    old.answer_sent(registers_answer(1, 1, [7]))
+    assert one.answers == [in_flight]
+    assert old.dispatcher.unanswered == 0
+    new.pool.free()  # the new connection is up: it takes the oldest turn
+    assert [request.payload[:2] for request in new.pool.connection.sent] == [b"\x00\x02"]
+    old.clock.advance(TIMEOUT - 1.0 + 0.001)  # past the deadline of one's requests
+    assert [request.answer[7:9] for request in one.answers[1:]] == [b"\x83\x06"]
+    assert not two.answers, "its deadline is a second later"
+    old.clock.advance(1.0)
+    (late,) = two.answers
+    assert late.answer[7:9] == b"\x83\x06"
+
+
+async def test_a_reload_gives_a_kept_dispatcher_its_new_queue_bound_and_policy() -> None:
+    rig = Rig(queue_size=1, modbus=ModbusOptions(coalesce=False))
+    busy, pipeliner = FakeOwner("busy"), FakeOwner("pipeliner")
+    rig.submit(busy, read_request(1, 1, 0, 1))
+    rig.submit(pipeliner, read_request(2, 1, 0, 1))
+    rig.submit(pipeliner, read_request(3, 1, 0, 1))
+    assert pipeliner.paused
+    policy = MODBUS.gateway_policy(ModbusOptions(coalesce=True), rig.metrics.events, rig.clock)  # type: ignore[misc]
+    rig.dispatcher.configure(queue_size=8, policy=policy)
+    assert not pipeliner.paused, "room under the new bound"
+    reader = FakeOwner("reader")
+    rig.submit(reader, read_request(4, 1, 0, 1))
+    rig.submit(FakeOwner("same"), read_request(5, 1, 0, 1))
+    assert rig.metrics.coalesced == 1, "the new policy coalesces"

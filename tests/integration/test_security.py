@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,23 +25,20 @@ from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
-from tests.helpers import LOOPBACK, eventually, mux_config, open_client, running_app
+from tests.helpers import (
+    LOOPBACK,
+    eventually,
+    loopback_alias_works,
+    mux_config,
+    open_client,
+    running_app,
+)
 from tests.integration.core_support import echo, read_answer, read_request
 from tests.modbus.adu import read_adu
 from tests.tlscerts import CA, Pem, make_ca
 
 TEST_TIMEOUT: Final = 20.0
 MODBUS: Final = ProtocolName.MODBUS
-
-
-def loopback_alias_works(address: str) -> bool:
-    """127.0.0.2 and 127.0.0.3 are loopback on Linux; check before relying on them."""
-    with socket.socket() as sock:
-        try:
-            sock.bind((address, 0))
-        except OSError:
-            return False
-    return True
 
 
 def ipv6_loopback_works() -> bool:
@@ -488,3 +486,26 @@ async def test_a_reload_rereads_renewed_certificates_and_keeps_them_if_broken(
         assert await asyncio.to_thread(handshake, port, trusts_renewed) == "served", (
             "a broken file keeps the certificate in use"
         )
+
+
+async def test_a_reload_that_turns_tls_on_closes_plain_clients_and_keeps_the_port(
+    pki: dict[str, Any],
+) -> None:
+    """The listener stays (same port); a client that came in without TLS may not stay,
+    and the next one must speak TLS."""
+    async with asyncio.timeout(TEST_TIMEOUT), modbus_bridge() as (_target, app):
+        bridge = app.bridges["test"]
+        port = bridge.port
+        async with open_client(port) as (reader, writer):
+            writer.write(read_request(1, 1, 1))
+            assert await read_adu(reader) == read_answer(1, 1, 1)
+            config = app.config
+            (plain,) = config.bridges
+            await app.reload(
+                replace(config, bridges=(replace(plain, **tls_options(pki, mutual=False)),))
+            )
+            assert await reader.read() == b"", "the plain client is closed"
+        assert bridge.port == port
+        assert app.bridges["test"] is bridge, "changed in place"
+        context = client_context(pki["ca"], None)
+        assert await asyncio.to_thread(handshake, port, context) == "served"

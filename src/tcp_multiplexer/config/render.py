@@ -69,3 +69,27 @@ def render_config(config: AppConfig) -> str:
         out.extend(_lines((*BRIDGE_OPTIONS, *spec.options), bridge_values(bridge)))
         out.append("")
     return "\n".join(out)
+
+
+CHANGE_TEXT_LIMIT = 80
+"""Longest value shown in a reload's log line; longer ones are cut."""
+
+
+def _short(option: Option, value: Any) -> str:
+    text = "off" if value is None else _value(option, value)
+    if text.startswith('"') and text.endswith('"') and '"' not in text[1:-1]:
+        text = text[1:-1]  # a plain word, as the log shows it: 5s, not "5s"
+    return text if len(text) <= CHANGE_TEXT_LIMIT else text[: CHANGE_TEXT_LIMIT - 3] + "..."
+
+
+def describe_changes(old: BridgeConfig, new: BridgeConfig) -> list[str]:
+    """What differs between two configs of one bridge, one ``key old -> new`` per
+    setting, in the order check-config prints them (a reload's log line)."""
+    before, after = bridge_values(old), bridge_values(new)
+    options = {option.key: option for option in (*BRIDGE_OPTIONS, *get_spec(new.protocol).options)}
+    changes = [
+        f"{key} {_short(option, before.get(key))} -> {_short(option, after.get(key))}"
+        for key, option in options.items()
+        if before.get(key) != after.get(key)
+    ]
+    return changes or ["nothing a setting shows (certificate files reread)"]

@@ -109,6 +109,10 @@ class Dispatcher:
         return self._pool
 
     @property
+    def policy(self) -> GatewayPolicy | None:
+        return self._policy
+
+    @property
     def waiting(self) -> int:
         """Requests in the wait queue."""
         return self._waiting
@@ -177,6 +181,64 @@ class Dispatcher:
         if self._waiting >= self._queue_size and len(queue) > 1 and owner not in self._paused:
             self._paused.add(owner)
             owner.pause_for_queue()
+        if pool.can_open_more:
+            pool.demand(self._waiting)
+
+    def configure(self, *, queue_size: int, policy: GatewayPolicy | None) -> None:
+        """Take a reload's queue bound and gateway policy, for the next request."""
+        self._queue_size = queue_size
+        self._policy = policy
+        self._coalesce = policy is not None and policy.coalescing
+        self._resume_paused()
+
+    def take_waiting(self) -> list[Request]:
+        """Give up every waiting request (never sent), oldest turn first, to another
+        dispatcher (`adopt`): a reload that switches to a new target connection.
+        Requests in flight stay and are answered here."""
+        taken: list[Request] = []
+        while self._waiting:
+            request = self._next_waiting()
+            if request is None:
+                break
+            if request.coalesce_key is not None:
+                self._release_leader(request)
+            self.unanswered -= 1 + len(request.followers or ())
+            taken.append(request)
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        self._resume_paused()
+        if not self.unanswered and self._drained is not None:
+            self._drained.set_result(None)
+            self._drained = None
+        return taken
+
+    def adopt(self, request: Request) -> None:
+        """Serve a request another dispatcher took in and never sent (`take_waiting`),
+        with its deadline: sent at once if a connection is free, else queued; neither
+        counted nor shown to the gateway policy again."""
+        self.unanswered += 1 + len(request.followers or ())
+        pool = self._pool
+        if not self._waiting:
+            connection = pool.available_connection()
+            if connection is not None:
+                connection.send(request, self._clock.time())
+                return
+        if pool.unreachable:
+            self.fail(request, FailureReason.UNAVAILABLE)
+            return
+        request.state = RequestState.WAITING
+        owner = request.owner
+        queue = self._queues.setdefault(owner, deque())
+        if not queue:
+            self._ring.append(owner)
+        queue.append(request)
+        self._waiting += 1
+        timer = self._queue_timer
+        if timer is None or request.deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._queue_timer = self._clock.call_at(request.deadline, self._queue_deadline)
         if pool.can_open_more:
             pool.demand(self._waiting)
 

@@ -379,6 +379,11 @@ class Dispatch(Protocol):
         counted and recorded as a local answer."""
         ...
 
+    def adopt(self, request: Request) -> None:
+        """Serve a request another dispatch took in and never sent (a reload that
+        switched its target), with its deadline, without counting it again."""
+        ...
+
     def begin_batch(self) -> None:
         """Several requests follow: hold their writes per connection until end_batch()."""
         ...
@@ -504,9 +509,26 @@ class TaskSpawner(Protocol):
 class ClientConnection(RequestOwner, Protocol):
     """A client session, as its bridge sees it."""
 
+    origin: object
+    """Which of the bridge's listeners accepted it (the bridge's tag)."""
+
     @property
     def name(self) -> str:
         """``client #N HOST:PORT``, for logs."""
+        ...
+
+    @property
+    def peer(self) -> object:
+        """The client's address as the socket gives it."""
+        ...
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        """Its connection, once made."""
+        ...
+
+    def refresh(self) -> None:
+        """Take the bridge's settings again (a reload), for the next request."""
         ...
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ which restarts one that fails unexpectedly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from tcp_multiplexer.observability.metrics import TargetMetrics
 HEALTHY_CONNECTION_S: Final = 10.0
 """A connection that lived this long (or answered at all) resets the backoff: the
 target was fine, so the next connect is immediate."""
+CLOSE_WAIT_S: Final = 1.0
+"""How long closing waits for a connection's transport to finish: it writes what it
+holds first, which takes milliseconds unless the target has stopped reading."""
 REFUSED_WITHIN_S: Final = 1.0
 """A connection the target closes this soon, before any answer, is a refusal: a device
 that is away behind a host that still accepts, or whose one slot is taken."""
@@ -145,7 +149,8 @@ class UpstreamPool:
                 f"{self._name} target slot {slot.index}".strip(),
                 lambda slot=slot: self._run_slot(slot),  # type: ignore[misc]
             )
-        self._want(self._slots[0])
+        if not self._slots[0].wanted.is_set():  # requests that waited may have asked
+            self._want(self._slots[0])
 
     def available_connection(self) -> PooledConnection | None:
         """A connection that can take a request now, round-robin among the ready ones."""
@@ -331,11 +336,20 @@ class UpstreamPool:
         self._log.info("target connection closed: %s", connection.name)
 
     async def close(self) -> None:
-        """Stop reconnecting and close every target connection."""
+        """Stop reconnecting and close every target connection; return once they are
+        closed (at most CLOSE_WAIT_S), so the next connection to the device (a reload's
+        switch-over) never meets this one still open."""
         self._closing = True
         self.can_open_more = False
-        for connection in list(self._connections):
+        connections = list(self._connections)
+        for connection in connections:
             connection.close()
+        if connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    await asyncio.gather(
+                        *(asyncio.shield(connection.closed) for connection in connections)
+                    )
         tasks = [slot.task for slot in self._slots if slot.task is not None]
         for task in tasks:
             task.cancel()

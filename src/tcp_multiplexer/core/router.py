@@ -50,6 +50,10 @@ class Router:
         if dispatcher is not None:
             dispatcher.submit(request)
             return
+        self._unrouted(request)
+
+    def _unrouted(self, request: Request) -> None:
+        """Answer a request whose key has no target: as a target that never answered."""
         self._events["unrouted"] += 1
         answer = self._codec.gateway_answer(request.payload, FailureReason.TIMEOUT)
         if answer is None:
@@ -58,6 +62,14 @@ class Router:
             request.owner.request_done(request)
             return
         self._dispatchers[0].answer_here(request, answer)
+
+    def adopt(self, request: Request) -> None:
+        dispatcher = self._table[self._key(request.payload)]
+        if dispatcher is not None:
+            dispatcher.adopt(request)
+            return
+        # Its unit has no route any more (a reload): as for a request that never had one.
+        self._unrouted(request)
 
     def answer_here(self, request: Request, answer: bytes) -> None:
         dispatcher = self._table[self._key(request.payload)] or self._dispatchers[0]

@@ -65,6 +65,7 @@ class ClientSession(asyncio.Protocol):
         "closed",
         "name",
         "number",
+        "origin",
         "peer",
     )
 
@@ -81,6 +82,8 @@ class ClientSession(asyncio.Protocol):
         self.name = f"client #{number}"
         self.peer: object = None
         """The client's address as the socket gives it (a (host, port) tuple for TCP)."""
+        self.origin: object = None
+        """Which of its host's listeners accepted it (the host's tag; never read here)."""
         self._transport: asyncio.Transport | None = None
         self._refusals = 0
         self._idle = host.client_idle_timeout
@@ -112,6 +115,9 @@ class ClientSession(asyncio.Protocol):
             self._closing = True
             self._transport.abort()
             return
+        # Again: a reload may have changed where requests go since this was made (a TLS
+        # handshake takes a while).
+        self._dispatch = self._host.dispatch
         if self._idle:
             self._last_data = self._clock.time()
             self._idle_timer = self._clock.call_later(self._idle, self._idle_check)
@@ -316,6 +322,36 @@ class ClientSession(asyncio.Protocol):
 
     def resume_for_queue(self) -> None:
         self._resume(PAUSE_QUEUE)
+
+    # ------------------------------------------------------------------ a reload
+
+    def refresh(self) -> None:
+        """Take the host's settings again (a reload): where requests go, the backlog, the
+        idle timeout and what this client may ask, for its next request. Requests
+        already submitted are answered where they went."""
+        host = self._host
+        self._dispatch = host.dispatch
+        self._backlog = host.client_backlog
+        idle = host.client_idle_timeout
+        if idle != self._idle:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            self._idle = idle
+            if idle and not self._closing:
+                self._last_data = self._clock.time()
+                self._idle_timer = self._clock.call_later(idle, self._idle_check)
+        if self._transport is not None and not self._closing:
+            self._filter = host.filter_for(self._transport)
+        if self._paused & PAUSE_BACKLOG and len(self._outstanding) < self._backlog:
+            self._resume(PAUSE_BACKLOG)
+        elif len(self._outstanding) >= self._backlog:
+            self._pause(PAUSE_BACKLOG)
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        """The client's connection, once made."""
+        return self._transport
 
     # ------------------------------------------------------------------ helpers
 

@@ -290,7 +290,14 @@ class BridgeMetrics:
     """A bridge's metrics as one view: its client counters, its targets' counters
     summed, and its gauges read from their owners."""
 
-    __slots__ = ("_clients_now", "_connections_now", "_targets", "_waiting_now", "clients_side")
+    __slots__ = (
+        "_clients_now",
+        "_connections_now",
+        "_counted",
+        "_targets",
+        "_waiting_now",
+        "clients_side",
+    )
 
     def __init__(
         self,
@@ -303,6 +310,9 @@ class BridgeMetrics:
     ) -> None:
         self.clients_side = clients_side
         self._targets = tuple(targets)
+        self._counted = self._targets
+        """Every target's counters the bridge ever had (a reload may retire some): the
+        bridge's totals keep what they counted, so they only grow."""
         self._clients_now = clients_now
         self._connections_now = connections_now
         self._waiting_now = waiting_now
@@ -310,6 +320,14 @@ class BridgeMetrics:
     @property
     def targets(self) -> tuple[TargetMetrics, ...]:
         return self._targets
+
+    def set_targets(self, targets: Sequence[TargetMetrics]) -> None:
+        """The bridge's targets after a reload; retired ones still count in its totals."""
+        self._targets = tuple(targets)
+        self._counted = (
+            *(target for target in self._counted if target not in self._targets),
+            *self._targets,
+        )
 
     @property
     def clients(self) -> int:
@@ -332,24 +350,24 @@ class BridgeMetrics:
 
     @property
     def requests(self) -> int:
-        return sum(target.requests for target in self._targets)
+        return sum(target.requests for target in self._counted)
 
     @property
     def replies(self) -> int:
         return sum(
             target.answers + target.local_answers + sum(target.gateway.values())
-            for target in self._targets
+            for target in self._counted
         )
 
     @property
     def reconnects(self) -> int:
-        return sum(target.reconnects for target in self._targets)
+        return sum(target.reconnects for target in self._counted)
 
     @property
     def failures(self) -> dict[str, int]:
         """Gateway answers by reason, reasons that never happened left out."""
         total: Counter[str] = Counter()
-        for target in self._targets:
+        for target in self._counted:
             total.update(target.gateway)
         return _nonzero(total)
 
@@ -357,7 +375,7 @@ class BridgeMetrics:
     def events(self) -> Counter[str]:
         """The core's and the protocol's events that happened (zero ones left out)."""
         total: Counter[str] = Counter()
-        for target in self._targets:
+        for target in self._counted:
             total.update(target.events)
             total.update(
                 coalesced=target.coalesced,
@@ -368,7 +386,7 @@ class BridgeMetrics:
 
     def latency(self) -> LatencyHistogram:
         """Target answers' latency, all targets together (a copy)."""
-        return _merged(target.latency for target in self._targets)
+        return _merged(target.latency for target in self._counted)
 
     def snapshot(self) -> MetricsSnapshot:
         return MetricsSnapshot(
@@ -377,13 +395,13 @@ class BridgeMetrics:
             target_connections=self.target_connections,
             waiting=self.waiting,
             requests=self.requests,
-            answers=sum(target.answers for target in self._targets),
-            local_answers=sum(target.local_answers for target in self._targets),
+            answers=sum(target.answers for target in self._counted),
+            local_answers=sum(target.local_answers for target in self._counted),
             failures=self.failures,
             reconnects=self.reconnects,
             events=dict(self.events),
             latency=self.latency(),
-            gateway_latency=_merged(target.gateway_latency for target in self._targets),
+            gateway_latency=_merged(target.gateway_latency for target in self._counted),
         )
 
 

@@ -89,6 +89,10 @@ class ProtocolSpec:
     plain `target_codec` for every target."""
     route_key: Callable[[bytes], int] | None = None
     """What a request is routed by (Modbus: its unit id); None: no routes."""
+    connection_options: Callable[[Any], object] = lambda options: options
+    """The part of the options a target connection depends on (its codec's): a reload
+    that changes it opens new target connections, one that changes only the rest (the
+    gateway policy's, the write rules) keeps them. Default: all of them."""
 
     def default_options(self) -> Any:
         """The options object with every option at its default."""

@@ -62,6 +62,9 @@ SPEC = ProtocolSpec(
     plan_targets=plan_targets,
     target_codec_for=target_codec_for,
     route_key=route_key,
+    # Routes and unit maps reach each target through its plan; the policy and the
+    # write rules are read per request.
+    connection_options=lambda options: options.lenient_ids,
 )
 
 __all__ = ["SPEC", "ModbusOptions"]
