@@ -75,7 +75,7 @@ DEMO_POLLERS: Final = (
     PollerSpec("meter-reader", METER_UNIT, 0, 10, 0.5),
 )
 """Home Assistant and evcc poll the same block: the multiplexer coalesces those reads.
-The meter reader asks unit 2: the meter on the serial line."""
+The meter reader asks unit 2: the meter on its RS-485 line."""
 
 
 @dataclass(slots=True)
@@ -163,7 +163,10 @@ async def run_demo(duration: float, out: TextIO) -> int:
         meter_converter = await serve_rtu_over_tcp(meter, "127.0.0.1", 0)
         converter_port = meter_converter.sockets[0].getsockname()[1]
         meter_url = f"rtu+tcp://127.0.0.1:{converter_port}"
-        meter_where = f"behind an RTU-over-TCP converter on 127.0.0.1:{converter_port}"
+        meter_where = (
+            f"behind a simulated RTU-over-TCP converter on 127.0.0.1:{converter_port} (with "
+            "the serial extra, on a serial port of its own)"
+        )
     app = App(
         AppConfig(
             bridges=(
