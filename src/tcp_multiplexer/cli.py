@@ -12,10 +12,9 @@ Bad input exits with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from tcp_multiplexer import __version__
@@ -29,6 +28,7 @@ from tcp_multiplexer.logs import setup_logging
 from tcp_multiplexer.options import Option, Scope
 from tcp_multiplexer.profiles import describe_profiles
 from tcp_multiplexer.protocols.registry import protocol_names
+from tcp_multiplexer.runner import run_async
 
 logger = logging.getLogger("tcp_multiplexer")
 
@@ -219,17 +219,6 @@ def build_parser() -> OneLineErrorParser:
     commands.choices["example-server"].set_defaults(handler=targets_cli.run)
     demo.add_parser(commands)
     return parser
-
-
-def run_async(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main` on uvloop where installed, else on the default asyncio loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result: int = runner.run(main)
-        return result
 
 
 async def serve(config: AppConfig, source: Callable[[], AppConfig] | None = None) -> int:

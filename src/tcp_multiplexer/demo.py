@@ -38,6 +38,7 @@ from tcp_multiplexer.protocols.modbus.mbap import MbapFramer, read_request
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.modbus.routes import Route
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.runner import run_async
 from tcp_multiplexer.target import Target, parse_target_url
 from tcp_multiplexer.targets.rtu import PtyLine, RtuLine, serve_rtu_over_tcp
 from tcp_multiplexer.targets.server import OverLimit, TargetConfig, TargetServer
@@ -311,6 +312,4 @@ def _duration(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tcp_multiplexer.cli import run_async
-
     return run_async(run_demo(args.duration, sys.stdout))

@@ -42,3 +42,45 @@ def test_a_core_module_imports_only_the_interfaces_of_the_others(name: str) -> N
 def test_a_core_module_names_no_protocol(name: str) -> None:
     found = PROTOCOL_WORDS.findall((CORE / f"{name}.py").read_text())
     assert not found
+
+
+PACKAGE = CORE.parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or path.is_dir()
+
+
+def project_imports(source: str) -> set[str]:
+    """The project's modules a source imports (``from pkg import module`` names the
+    module, not the package)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tcp_multiplexer"):
+            module = str(node.module)
+            named = [f"{module}.{alias.name}" for alias in node.names]
+            found.update(named if all(is_module(name) for name in named) else [module])
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("tcp_multiplexer"))
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import cycle anywhere in the package, lazy imports inside functions included."""
+    graph = {module_name(path): project_imports(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    for start in graph:
+        seen: set[str] = set()
+        todo = [name for name in graph[start] if name in graph and name != start]
+        while todo:
+            name = todo.pop()
+            assert name != start, f"{start} imports itself through {sorted(seen)}"
+            if name in seen:
+                continue
+            seen.add(name)
+            todo.extend(other for other in graph[name] if other in graph)

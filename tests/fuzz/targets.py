@@ -55,7 +55,8 @@ from tcp_multiplexer.protocols.modbus.codec import (
     ModbusTargetCodec,
     RtuTargetCodec,
 )
-from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key
+from tcp_multiplexer.protocols.modbus.functions import read_key
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import (
     EXCEPTION_FLAG,
     MODBUS_MAX_MESSAGE_SIZE,

@@ -14,7 +14,8 @@ from tcp_multiplexer.protocols.modbus import SPEC
 from tcp_multiplexer.protocols.modbus.access import client_filter
 from tcp_multiplexer.protocols.modbus.cache import ReadKey
 from tcp_multiplexer.protocols.modbus.codec import ModbusTargetCodec
-from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy, read_key, written_range
+from tcp_multiplexer.protocols.modbus.functions import read_key, written_range
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import build_adu, exception_response
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ClientIdentity

@@ -38,7 +38,7 @@ from typing import Final
 
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Network, network_value
-from tcp_multiplexer.protocols.modbus.gateway import WRITE_FUNCTIONS, written_range
+from tcp_multiplexer.protocols.modbus.functions import WRITE_FUNCTIONS, written_range
 from tcp_multiplexer.protocols.modbus.mbap import ExceptionCode, FunctionCode, exception_response
 from tcp_multiplexer.protocols.spec import ClientIdentity
 

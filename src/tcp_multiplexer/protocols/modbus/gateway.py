@@ -15,78 +15,19 @@ client's own transaction id, as the target codec restores it.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
-from typing import TYPE_CHECKING, Final
 
 from tcp_multiplexer.core.interfaces import Clock, Request
-from tcp_multiplexer.protocols.modbus.cache import ReadCache, ReadKey
-from tcp_multiplexer.protocols.modbus.mbap import (
-    EXCEPTION_FLAG,
-    MBAP_HEADER_SIZE,
-    FunctionCode,
+from tcp_multiplexer.protocols.modbus.cache import ReadCache
+from tcp_multiplexer.protocols.modbus.functions import (
+    READ_FUNCTIONS,
+    READ_REQUEST_SIZE,
+    WRITE_FUNCTIONS,
+    read_key,
+    written_range,
 )
-
-# Plain ints, not FunctionCode members: a set lookup then compares ints with ints.
-if TYPE_CHECKING:  # options.py imports this module (through the write rules)
-    from tcp_multiplexer.protocols.modbus.options import ModbusOptions
-
-READ_FUNCTIONS: Final = frozenset(
-    int(code)
-    for code in (
-        FunctionCode.READ_COILS,
-        FunctionCode.READ_DISCRETE_INPUTS,
-        FunctionCode.READ_HOLDING_REGISTERS,
-        FunctionCode.READ_INPUT_REGISTERS,
-    )
-)
-WRITE_FUNCTIONS: Final = frozenset(
-    int(code)
-    for code in (
-        FunctionCode.WRITE_SINGLE_COIL,
-        FunctionCode.WRITE_SINGLE_REGISTER,
-        FunctionCode.WRITE_MULTIPLE_COILS,
-        FunctionCode.WRITE_MULTIPLE_REGISTERS,
-        FunctionCode.MASK_WRITE_REGISTER,
-        FunctionCode.READ_WRITE_MULTIPLE_REGISTERS,
-    )
-)
-_COIL_READS: Final = frozenset({FunctionCode.READ_COILS})
-_REGISTER_READS: Final = frozenset({FunctionCode.READ_HOLDING_REGISTERS})
-_READ_REQUEST_SIZE: Final = MBAP_HEADER_SIZE + 5
-"""A read request ADU: header, function, address (2), quantity (2)."""
-_TWO_WORDS: Final = struct.Struct(">HH")
-
-
-def read_key(request: bytes) -> ReadKey | None:
-    """The key of a well-formed read request (function 1-4), else None."""
-    if len(request) != _READ_REQUEST_SIZE or request[7] not in READ_FUNCTIONS:
-        return None
-    address, count = _TWO_WORDS.unpack_from(request, 8)
-    return ReadKey(request[6], request[7], address, count)
-
-
-def written_range(request: bytes) -> tuple[frozenset[int], int, int] | None:
-    """(reads affected, first address, count) for a write request, else None."""
-    if len(request) < MBAP_HEADER_SIZE + 5:
-        return None
-    function = request[7]
-    address, quantity = _TWO_WORDS.unpack_from(request, 8)
-    if function == FunctionCode.WRITE_SINGLE_COIL:
-        return _COIL_READS, address, 1
-    if function == FunctionCode.WRITE_MULTIPLE_COILS:
-        return _COIL_READS, address, quantity
-    if function in (FunctionCode.WRITE_SINGLE_REGISTER, FunctionCode.MASK_WRITE_REGISTER):
-        return _REGISTER_READS, address, 1
-    if function == FunctionCode.WRITE_MULTIPLE_REGISTERS:
-        return _REGISTER_READS, address, quantity
-    if (
-        function == FunctionCode.READ_WRITE_MULTIPLE_REGISTERS
-        and len(request) >= MBAP_HEADER_SIZE + 9
-    ):
-        write_address, write_quantity = _TWO_WORDS.unpack_from(request, 12)
-        return _REGISTER_READS, write_address, write_quantity
-    return None
+from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 
 
 class ModbusGatewayPolicy:
@@ -116,7 +57,7 @@ class ModbusGatewayPolicy:
             self._written(payload)
             request.observed = True
             return None
-        if len(payload) != _READ_REQUEST_SIZE or function not in READ_FUNCTIONS:
+        if len(payload) != READ_REQUEST_SIZE or function not in READ_FUNCTIONS:
             return None
         cache = self._cache
         if cache is not None:
