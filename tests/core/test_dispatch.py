@@ -12,7 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from tcp_multiplexer.core.dispatch import Dispatcher
-from tcp_multiplexer.core.interfaces import FailureReason, PoolEvents, Request, RequestState
+from tcp_multiplexer.core.interfaces import (
+    FailureReason,
+    PoolEvents,
+    Priority,
+    Request,
+    RequestState,
+)
 from tcp_multiplexer.observability.metrics import TargetMetrics
 from tcp_multiplexer.protocols.echo import codec as echo_codec
 from tcp_multiplexer.protocols.modbus import SPEC as MODBUS
@@ -20,7 +26,7 @@ from tcp_multiplexer.protocols.modbus.codec import ModbusClientCodec
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.testing import VirtualClock
 from tests.core.fakes import LOG, FakeOwner, FakePool
-from tests.modbus.adu import read_request, registers_answer
+from tests.modbus.adu import read_request, registers_answer, write_register
 
 TIMEOUT = 5.0
 
@@ -261,3 +267,44 @@ async def test_a_reload_gives_a_kept_dispatcher_its_new_queue_bound_and_policy()
     rig.submit(reader, read_request(4, 1, 0, 1))
     rig.submit(FakeOwner("same"), read_request(5, 1, 0, 1))
     assert rig.metrics.coalesced == 1, "the new policy coalesces"
+
+
+async def test_writes_go_first_then_reads_then_the_bridges_own_requests() -> None:
+    """Across clients, when the connection frees: a waiting write, then reads, then a
+    background request; each client's own requests keep their order (its write waits
+    for its earlier read)."""
+    rig = Rig(modbus=ModbusOptions(coalesce=False))
+    busy, reader, writer, mixed, poller = (
+        FakeOwner(name) for name in ("busy", "reader", "writer", "mixed", "poller")
+    )
+    rig.submit(busy, read_request(1, 1, 0, 1))  # on the connection
+    background = Request(poller, read_request(2, 1, 100, 10), rig.clock.time())
+    background.priority = Priority.BACKGROUND
+    rig.dispatcher.submit(background)
+    rig.submit(reader, read_request(3, 1, 1, 1))
+    rig.submit(mixed, read_request(4, 1, 2, 1))
+    rig.submit(mixed, write_register(5, 1, 2, 9))
+    rig.submit(writer, write_register(6, 1, 3, 9))
+    rig.submit(reader, read_request(7, 1, 4, 1))
+    for _ in range(7):
+        rig.answer_sent(registers_answer(0, 1, [0]))
+    order = [int.from_bytes(request.payload[:2], "big") for request in rig.pool.connection.sent]
+    assert order == [1, 6, 3, 4, 5, 7, 2]
+    assert rig.dispatcher.unanswered == 0
+
+
+async def test_a_waiting_write_skips_the_queue_but_not_its_own_clients_read() -> None:
+    """The head of each client's queue decides: after the read ahead of it is sent,
+    the write is that client's head, and goes before every other client's reads."""
+    rig = Rig(modbus=ModbusOptions(coalesce=False))
+    others = [FakeOwner(f"poller {index}") for index in range(4)]
+    owner = FakeOwner("wallbox")
+    rig.submit(FakeOwner("busy"), read_request(1, 1, 0, 1))
+    rig.submit(owner, read_request(2, 1, 0, 1))
+    for index, other in enumerate(others):
+        rig.submit(other, read_request(10 + index, 1, 0, 1))
+    rig.submit(owner, write_register(3, 1, 5, 1))
+    rig.answer_sent(registers_answer(0, 1, [0]))  # frees: the wallbox's read is first
+    rig.answer_sent(registers_answer(0, 1, [0]))  # frees: its write, before the pollers
+    sent = [int.from_bytes(request.payload[:2], "big") for request in rig.pool.connection.sent]
+    assert sent[:3] == [1, 2, 3]

@@ -2,7 +2,10 @@
 
 Requests that find no free target connection wait in a fair queue: one FIFO per
 client, served round-robin between clients, so a client that pipelines many
-requests cannot starve the others. The dispatcher owns every wait queue (a session
+requests cannot starve the others. The request at the head of each client's queue
+says which round it waits in (`Priority`): urgent ones (writes, as the gateway policy
+says) go before normal ones, and the bridge's own background requests only when no
+client's request waits; a client's own requests never overtake each other. The dispatcher owns every wait queue (a session
 only hands requests in), so one listener can feed several dispatchers, one per
 target. The queue is bounded (`queue_size`): when it is full the clients that add to
 it are no longer read from, and TCP pushes back on them until room frees. A request
@@ -28,6 +31,7 @@ from tcp_multiplexer.core.interfaces import (
     GatewayPolicy,
     Pool,
     PoolFactory,
+    Priority,
     Recorder,
     Request,
     RequestOwner,
@@ -59,7 +63,7 @@ class Dispatcher:
         "_queue_timer",
         "_queues",
         "_record",
-        "_ring",
+        "_rings",
         "_timeout",
         "_waiting",
         "unanswered",
@@ -90,8 +94,11 @@ class Dispatcher:
         self._coalesce = policy is not None and policy.coalescing
         self._queues: dict[RequestOwner, deque[Request]] = {}
         """Each client's waiting requests, oldest first."""
-        self._ring: deque[RequestOwner] = deque()
-        """Clients with waiting requests, in round-robin order."""
+        self._rings: tuple[deque[RequestOwner], ...] = tuple(
+            deque() for _ in range(Priority.LEVELS)
+        )
+        """Clients with waiting requests, in round-robin order, by the priority of the
+        request at the head of each one's queue."""
         self._waiting = 0
         self._queue_timer: TimerHandle | None = None
         self._paused: set[RequestOwner] = set()
@@ -169,7 +176,7 @@ class Dispatcher:
         if queue is None:
             queue = self._queues[owner] = deque()
         if not queue:
-            self._ring.append(owner)
+            self._rings[request.priority].append(owner)
         queue.append(request)
         self._waiting += 1
         if self._queue_timer is None:
@@ -231,7 +238,7 @@ class Dispatcher:
         owner = request.owner
         queue = self._queues.setdefault(owner, deque())
         if not queue:
-            self._ring.append(owner)
+            self._rings[request.priority].append(owner)
         queue.append(request)
         self._waiting += 1
         timer = self._queue_timer
@@ -255,13 +262,19 @@ class Dispatcher:
                 connection.uncork()
 
     def _next_waiting(self) -> Request | None:
-        ring = self._ring
-        while ring:
+        """The next request to send: from the first client in the ring of the highest
+        priority that has one; that client then queues again by its next request."""
+        rings = self._rings
+        urgent, normal, background = rings
+        while True:
+            ring = urgent or normal or background
+            if not ring:
+                return None
             owner = ring.popleft()
             queue = self._queues[owner]
             request = queue.popleft()
             if queue:
-                ring.append(owner)
+                rings[queue[0].priority].append(owner)
             elif owner.closed:
                 del self._queues[owner]
             self._waiting -= 1
@@ -269,7 +282,6 @@ class Dispatcher:
                 self._drop(request)
                 continue
             return request
-        return None
 
     def connection_available(self, connection: TargetConnection, now: float) -> None:
         """`connection` can take another request (callers checked `can_send`): give it
@@ -317,14 +329,19 @@ class Dispatcher:
         now = self._clock.time()
         expired: list[Request] = []
         next_deadline: float | None = None
-        for owner in list(self._ring):
-            queue = self._queues[owner]
-            while queue and queue[0].deadline <= now:
-                expired.append(queue.popleft())
-            if not queue:
-                self._ring.remove(owner)
-            elif next_deadline is None or queue[0].deadline < next_deadline:
-                next_deadline = queue[0].deadline
+        for level, ring in enumerate(self._rings):
+            for owner in list(ring):
+                queue = self._queues[owner]
+                while queue and queue[0].deadline <= now:
+                    expired.append(queue.popleft())
+                if not queue:
+                    ring.remove(owner)
+                    continue
+                if queue[0].priority != level:
+                    ring.remove(owner)
+                    self._rings[queue[0].priority].append(owner)
+                if next_deadline is None or queue[0].deadline < next_deadline:
+                    next_deadline = queue[0].deadline
         self._waiting -= len(expired)
         if next_deadline is not None:
             self._queue_timer = self._clock.call_at(next_deadline, self._queue_deadline)
@@ -373,6 +390,7 @@ class Dispatcher:
         if not queue:
             del self._queues[owner]
             return
+        ring = self._rings[queue[0].priority]
         kept = [request for request in queue if request.followers]
         for request in queue:
             if not request.followers:
@@ -381,8 +399,11 @@ class Dispatcher:
         queue.clear()
         queue.extend(kept)
         if not kept:
-            self._ring.remove(owner)
+            ring.remove(owner)
             del self._queues[owner]
+        elif self._rings[kept[0].priority] is not ring:
+            ring.remove(owner)
+            self._rings[kept[0].priority].append(owner)
 
     # ------------------------------------------------------------------ answers out
 

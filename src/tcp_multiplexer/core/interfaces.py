@@ -249,6 +249,23 @@ class RequestState:
     DONE: Final = 4
 
 
+class Priority:
+    """Which waiting request a free target connection takes first: the lowest number,
+    round-robin between clients within one; each client's own requests stay in its
+    order (a priority applies to the request at the head of a client's queue).
+
+    Plain ints, as RequestState."""
+
+    URGENT: Final = 0
+    """Requests that must not wait behind others' reads (the gateway policy says which:
+    Modbus writes)."""
+    NORMAL: Final = 1
+    """Clients' requests."""
+    BACKGROUND: Final = 2
+    """The bridge's own requests (Modbus polls): only when no client's request waits."""
+    LEVELS: Final = 3
+
+
 class RequestOwner(Protocol):
     """The client a request came from, as the dispatcher sees it."""
 
@@ -288,6 +305,7 @@ class Request:
         "observed",
         "owner",
         "payload",
+        "priority",
         "state",
         "submitted_at",
         "wire_id",
@@ -310,6 +328,8 @@ class Request:
         """The gateway policy wants to see this request's answer."""
         self.followers: list[Request] | None = None
         self.wire_id = 0
+        self.priority: int = Priority.NORMAL
+        """Which waiting request goes first (`Priority`); the gateway policy may raise it."""
 
     @property
     def abandoned(self) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tcp_multiplexer.core.interfaces import Clock, Request
+from tcp_multiplexer.core.interfaces import Clock, Priority, Request
 from tcp_multiplexer.protocols.modbus.cache import ReadCache
 from tcp_multiplexer.protocols.modbus.functions import (
     READ_FUNCTIONS,
@@ -56,6 +56,9 @@ class ModbusGatewayPolicy:
             # Refused writes never come this far: the client's write filter answered them.
             self._written(payload)
             request.observed = True
+            # A control write (a battery's limit, a wallbox's current) must not wait
+            # behind every client's polling.
+            request.priority = Priority.URGENT
             return None
         if len(payload) != READ_REQUEST_SIZE or function not in READ_FUNCTIONS:
             return None
