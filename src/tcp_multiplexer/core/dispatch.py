@@ -5,12 +5,12 @@ client, served round-robin between clients, so a client that pipelines many
 requests cannot starve the others. The request at the head of each client's queue
 says which round it waits in (`Priority`): urgent ones (writes, as the gateway policy
 says) go before normal ones, and the bridge's own background requests only when no
-client's request waits; a client's own requests never overtake each other. The dispatcher owns every wait queue (a session
-only hands requests in), so one listener can feed several dispatchers, one per
-target. The queue is bounded (`queue_size`): when it is full the clients that add to
-it are no longer read from, and TCP pushes back on them until room frees. A request
-that waits longer than `timeout` is answered with the protocol's busy answer and
-never sent.
+client's request waits; a client's own requests never overtake each other. The
+dispatcher owns every wait queue (a session only hands requests in), so one listener
+can feed several dispatchers, one per target. The queue is bounded (`queue_size`):
+when it is full the clients that add to it are no longer read from, and TCP pushes
+back on them until room frees. A request that waits longer than `timeout` is answered
+with the protocol's busy answer and never sent.
 
 Identical requests may share one target round trip (coalescing) when the gateway
 policy names a key for them; each client still gets its own answer.
