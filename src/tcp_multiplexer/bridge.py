@@ -131,8 +131,6 @@ class Bridge:
         self.client_directory = (
             ClientDirectory(timed=services.per_client_latency) if services.observing else None
         )
-        self._connector = connector
-        """The constructor's way to the first target (tests, benchmarks), if given."""
         self._path_services = PathServices(
             services.clock,
             services.poller,

@@ -36,10 +36,6 @@ class ListenerSet:
         return await open_listener(lambda: self._factory(address), address)
 
     @property
-    def addresses(self) -> tuple[Address, ...]:
-        return tuple(self._servers)
-
-    @property
     def servers(self) -> list[asyncio.Server]:
         return list(self._servers.values())
 
