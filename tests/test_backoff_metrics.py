@@ -151,12 +151,12 @@ def test_counters_only_grow_and_windows_are_differences() -> None:
 
 
 def test_events_start_at_zero_but_only_those_that_happened_are_shown() -> None:
-    target = TargetMetrics(Counter({"cache_hits": 0, "writes_refused": 0}))
+    target = TargetMetrics(Counter({"image_answers": 0, "writes_refused": 0}))
     metrics = bridge_metrics(target)
     assert not metrics.events
-    target.events["cache_hits"] += 1
-    assert metrics.events == {"cache_hits": 1}
-    assert set(target.events) == {"cache_hits", "writes_refused"}
+    target.events["image_answers"] += 1
+    assert metrics.events == {"image_answers": 1}
+    assert set(target.events) == {"image_answers", "writes_refused"}
 
 
 def test_device_answers_and_gateway_answers_are_timed_apart() -> None:

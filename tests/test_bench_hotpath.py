@@ -29,6 +29,8 @@ def test_the_hot_path_harness_runs_every_protocol_with_one_and_many_clients() ->
     assert completed.returncode == 0, completed.stderr[-4000:]
     rows = [line.split("|")[1:4] for line in completed.stdout.splitlines()[2:]]
     assert [(name.strip(), clients.strip()) for name, clients, _ in rows] == [
-        (protocol, clients) for protocol in ("echo", "modbus", "http") for clients in ("1", "16")
+        (protocol, clients)
+        for protocol in ("echo", "modbus", "http", "modbus-image")
+        for clients in ("1", "16")
     ]
     assert all(float(micros) > 0 for _, _, micros in rows)

@@ -12,6 +12,7 @@ from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.profiles import PROFILES
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.polls import Poll
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.target import Target
 from tests.helpers import run_cli
@@ -88,7 +89,32 @@ def test_defaults_match_the_reference() -> None:
         pytest.param(["--lenient-ids"], "modbus", ModbusOptions(lenient_ids=True), id="lenient"),
         pytest.param(["--no-coalesce"], "modbus", ModbusOptions(coalesce=False), id="coalesce"),
         pytest.param(["--cache-ttl", "2s"], "modbus", ModbusOptions(cache_ttl=2.0), id="cache"),
-        pytest.param(["--read-only"], "modbus", ModbusOptions(read_only=True), id="readonly"),
+        pytest.param(["--read-only"], "modbus", ModbusOptions(read_only="deny"), id="readonly"),
+        pytest.param(
+            ["--read-only=ignore"], "modbus", ModbusOptions(read_only="ignore"), id="ignore"
+        ),
+        pytest.param(["--read-only", "deny"], "modbus", ModbusOptions(read_only="deny"), id="deny"),
+        pytest.param(
+            ["--serve-stale", "5m"], "modbus", ModbusOptions(serve_stale=300.0), id="stale"
+        ),
+        pytest.param(
+            ["--cache-ttl", "2s", "--poll", "1:holding:40000:50:1s", "--poll", "2:coils:0:8:500ms"],
+            "modbus",
+            ModbusOptions(
+                cache_ttl=2.0,
+                poll=(
+                    Poll(1, "holding", 40000, 50, 1.0, "1:holding:40000:50:1s"),
+                    Poll(2, "coils", 0, 8, 0.5, "2:coils:0:8:500ms"),
+                ),
+            ),
+            id="poll",
+        ),
+        pytest.param(
+            ["--poll-merge-gap", "0", "--poll-max-registers", "64"],
+            "modbus",
+            ModbusOptions(poll_merge_gap=0, poll_max_registers=64),
+            id="poll-limits",
+        ),
         pytest.param(["-v"], "log_level", "info", id="verbose"),
         pytest.param(["-v", "-d"], "log_level", "debug", id="debug"),
         pytest.param(["--log-level", "INFO"], "log_level", "info", id="log-level"),
@@ -126,6 +152,29 @@ def test_listen_may_be_repeated() -> None:
         pytest.param(["--no-such-flag"], "unrecognized arguments", id="unknown-flag"),
         pytest.param(["--cache-ttl", "1s"], "is a modbus option", id="other-protocols-option"),
         pytest.param(["-l", "5020", "-l", "5020"], "given twice", id="listen-twice"),
+        pytest.param(
+            ["-p", "modbus", "--poll", "1:holding:0:10:1s"],
+            "--poll 1:holding:0:10:1s fills the register image, which needs --cache-ttl",
+            id="poll-without-image",
+        ),
+        pytest.param(
+            ["-p", "modbus", "--cache-ttl", "2s", "--poll", "1:holding:0:10:2s"],
+            "--poll 1:holding:0:10:2s: every 2s is not shorter than cache-ttl 2s",
+            id="poll-too-slow",
+        ),
+        pytest.param(
+            ["-p", "modbus", "--cache-ttl", "2s", "--poll", "1:registers:0:10:1s"],
+            "table 'registers' is not one of coils, discrete, holding, input",
+            id="poll-table",
+        ),
+        pytest.param(
+            ["-p", "modbus", "--read-only=maybe"], "expected true, false, 'deny'", id="read-only"
+        ),
+        pytest.param(
+            ["-p", "modbus", "--poll-max-registers", "200"],
+            "--poll-max-registers 200 is outside 1..125",
+            id="poll-max-registers",
+        ),
         pytest.param(
             ["-l", "5020", "-l", "127.0.0.1:5020"],
             "port 5020 (:5020 and 127.0.0.1:5020) is given twice",

@@ -316,3 +316,97 @@ def test_write_rules_are_a_config_file_setting_only() -> None:
     result = run_cli("server", "--write-rules", "x")
     assert result.returncode == 2
     assert "--write-rules" in result.stderr
+
+
+IMAGE_SITE = """
+[[bridge]]
+name = "inverter"
+protocol = "modbus"
+listen = ["127.0.0.1:15020"]
+target = "192.0.2.22:502"
+cache-ttl = "2s"
+serve-stale = "5m"
+read-only = "ignore"
+poll-merge-gap = 4
+poll-max-registers = 64
+route = [
+  { units = "2", target = "192.0.2.23:502", cache-ttl = "10s", read-only = "deny", poll = [
+    "2:input:0:20:5s",
+    { unit = 2, table = "coils", address = 0, count = 16, every = "2s" },
+  ] },
+]
+
+[[bridge.poll]]
+unit = 1
+table = "holding"
+address = 40000
+count = 50
+every = "1s"
+
+[[bridge.poll]]
+unit = 2
+table = "holding"
+address = 0
+count = 10
+every = "3s"
+"""
+
+
+def test_image_settings_and_polls_read_per_bridge_and_route_and_round_trip() -> None:
+    config = parse_config(IMAGE_SITE, "site.toml")
+    (bridge,) = config.bridges
+    options = bridge.protocol_options
+    assert isinstance(options, ModbusOptions)
+    assert (options.cache_ttl, options.serve_stale, options.read_only) == (2.0, 300.0, "ignore")
+    assert (options.poll_merge_gap, options.poll_max_registers) == (4, 64)
+    assert [str(poll) for poll in options.poll] == ["1:holding:40000:50:1s", "2:holding:0:10:3s"]
+    (route,) = options.routes
+    assert route.settings["cache_ttl"] == 10.0
+    assert route.settings["read_only"] == "deny"
+    assert [str(poll) for poll in route.settings["poll"]] == [
+        "2:input:0:20:5s",
+        "2:coils:0:16:2s",
+    ]
+    assert parse_config(render_config(config), "site.toml") == config
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            ('every = "3s"', 'every = "30s"'),
+            "poll: 2:holding:0:10:30s: every 30s is not shorter than cache-ttl 10s",
+            id="slower-than-the-routes-ttl",
+        ),
+        pytest.param(
+            ('every = "1s"', 'every = "2s"'),
+            "poll: 1:holding:40000:50:2s: every 2s is not shorter than cache-ttl 2s",
+            id="slower-than-the-bridges-ttl",
+        ),
+        pytest.param(
+            ('"2:input:0:20:5s"', '"3:input:0:20:5s"'),
+            "route: to 192.0.2.23:502: poll 3:input:0:20:5s: unit 3 is not one of the route's",
+            id="a-routes-poll-of-another-unit",
+        ),
+        pytest.param(
+            ('table = "holding"\naddress = 40000', 'table = "holdings"\naddress = 40000'),
+            "table 'holdings' is not one of",
+            id="bad-table",
+        ),
+        pytest.param(
+            ('read-only = "ignore"', 'read-only = "sometimes"'),
+            "read-only: expected true, false, 'deny' or 'ignore'",
+            id="bad-read-only",
+        ),
+    ],
+)
+def test_a_bad_poll_or_image_setting_is_one_line(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(IMAGE_SITE.replace(*change))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert f'{path}: bridge "inverter": ' in line
+    assert message in line

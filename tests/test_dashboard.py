@@ -253,7 +253,7 @@ async def scrape_with_every_feature() -> Exposition:
             mux_config(
                 target.port,
                 protocol=ProtocolName.MODBUS,
-                modbus=ModbusOptions(cache_ttl=60.0, read_only=True),
+                modbus=ModbusOptions(cache_ttl=60.0, read_only="deny"),
             ),
             metrics_listen=Address(LOOPBACK, 0),
             metrics_per_client=True,

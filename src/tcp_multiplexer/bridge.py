@@ -42,6 +42,7 @@ from tcp_multiplexer.target import TargetPlan
 from tcp_multiplexer.target_paths import (
     PathServices,
     TargetPath,
+    build_background,
     build_path,
     build_policy,
     build_router,
@@ -167,11 +168,22 @@ class Bridge:
                 path.pool.connections for path in (*self._paths, *self._retiring)
             ),
             waiting_now=lambda: sum(path.dispatcher.waiting for path in self._paths),
+            held_now=self._held_now,
         )
         self._session_count = 0
         self._refusals_logged: dict[str, float] = {}
         self._listeners = ListenerSet(self._new_session)
         self._draining = False
+
+    def _held_now(self) -> dict[str, float]:
+        """What the targets' background work holds now, summed by name."""
+        held: dict[str, float] = {}
+        now = self._clock.time()
+        for path in self._paths:
+            if path.background is not None:
+                for name, value in path.background.gauges(now).items():
+                    held[name] = held.get(name, 0.0) + value
+        return held
 
     def _take_paths(self, plans: list[TargetPlan]) -> Dispatch:
         """Make `self._paths` the bridge's targets; returns where requests go: the one
@@ -304,6 +316,8 @@ class Bridge:
         await self._listeners.open(self.config.listen)
         for path in self._paths:
             path.pool.start()
+            if path.background is not None:
+                path.background.start()
         config = self.config
         security = ""
         if config.tls_cert is not None:
@@ -493,14 +507,23 @@ class Bridge:
             if kept is not None:
                 available.remove(kept)
                 events = kept.view.metrics.events
-                kept.dispatcher.configure(
-                    queue_size=config.queue_size,
-                    policy=build_policy(config, services, events)
-                    if options_changed
-                    else kept.dispatcher.policy,
-                )
-                view = replace(kept.view, units=_units(plans, plan))
-                paths.append(replace(kept, view=view))
+                background = kept.background
+                if options_changed:
+                    policy = build_policy(config, plan, services, events, kept.dispatcher.policy)
+                    kept.dispatcher.configure(queue_size=config.queue_size, policy=policy)
+                    if background is not None:
+                        background.stop()
+                    background = build_background(
+                        config, plan, services, kept.dispatcher, kept.pool
+                    )
+                    if background is not None:
+                        background.start()
+                else:
+                    kept.dispatcher.configure(
+                        queue_size=config.queue_size, policy=kept.dispatcher.policy
+                    )
+                view = replace(kept.view, units=_units(plans, plan), background=background)
+                paths.append(replace(kept, view=view, plan=plan))
                 continue
             same_target = next((path for path in available if path.target == plan.target), None)
             path = build_path(
@@ -515,6 +538,9 @@ class Bridge:
             paths.append(path)
             fresh.append(path)
         retired = available
+        for path in retired:
+            if path.background is not None:
+                path.background.stop()
         waiting = [request for path in retired for request in path.dispatcher.take_waiting()]
         self._paths = paths
         self._dispatch = self._take_paths(plans)
@@ -593,6 +619,8 @@ class Bridge:
         for path in fresh:
             if not path.pool.closing:
                 path.pool.start()
+                if path.background is not None:
+                    path.background.start()
         if fresh:
             self.log.notice(
                 "reload: now serving from %s",
@@ -608,6 +636,9 @@ class Bridge:
         self._draining = True
         self.stop_accepting()
         paths = [*self._paths, *self._retiring]
+        for path in paths:
+            if path.background is not None:
+                path.background.stop()
         dispatchers = [path.dispatcher for path in paths]
         unanswered = sum(dispatcher.unanswered for dispatcher in dispatchers)
         if unanswered:

@@ -83,6 +83,18 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
                 default=argparse.SUPPRESS,
                 help=option.help,
             )
+        elif option.bare is not None:
+            # A flag that may take a value: `--read-only` alone, or `--read-only=ignore`.
+            group.add_argument(
+                *option.command_line,
+                dest=option.field,
+                type=_checked(option),
+                nargs="?",
+                const=option.bare,
+                default=argparse.SUPPRESS,
+                metavar=option.metavar,
+                help=option.help,
+            )
         else:
             # Values stay strings here; the config builder reads them, after checking
             # them as argparse types so a bad one is reported with its flag.

@@ -337,6 +337,9 @@ class Option:
     """False for what only a config file can say (tables of rules)."""
     render: Callable[[Any], str] | None = None
     """The value as TOML, for what is not a plain value (tables of rules)."""
+    bare: str | None = None
+    """The value of the flag given alone, without one (``--read-only`` is ``deny``);
+    None: the option always takes a value."""
 
     @property
     def field(self) -> str:

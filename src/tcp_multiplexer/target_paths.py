@@ -33,7 +33,13 @@ from tcp_multiplexer.observability.capture import CaptureRing, Endpoint
 from tcp_multiplexer.observability.metrics import TargetMetrics
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.routes import units_text
-from tcp_multiplexer.protocols.spec import EventCounts, ProtocolSpec
+from tcp_multiplexer.protocols.spec import (
+    Background,
+    BackgroundContext,
+    EventCounts,
+    PolicyContext,
+    ProtocolSpec,
+)
 from tcp_multiplexer.target import Target, TargetPlan
 from tcp_multiplexer.transports.serial import SerialConnector
 from tcp_multiplexer.transports.tcp import TcpConnector
@@ -76,6 +82,8 @@ class TargetView:
     units: str = "all"
     """The route keys it serves (Modbus unit ids, as ``2,10-12``), ``others`` for the
     bridge's own target beside routes, ``all`` without routes."""
+    background: Background | None = None
+    """Its background work (Modbus: the poller and the register image), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,11 @@ class TargetPath:
     target: Target
     identity: object
     """What its connections depend on (`path_identity`)."""
+    plan: TargetPlan
+
+    @property
+    def background(self) -> Background | None:
+        return self.view.background
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +164,43 @@ def connector_for(config: BridgeConfig, target: Target, connect_timeout: float) 
 
 
 def build_policy(
-    config: BridgeConfig, services: PathServices, events: EventCounts
+    config: BridgeConfig,
+    plan: TargetPlan,
+    services: PathServices,
+    events: EventCounts,
+    previous: GatewayPolicy | None = None,
 ) -> GatewayPolicy | None:
-    """The protocol's gateway policy for one target (None: it has none)."""
+    """The protocol's gateway policy for one target (None: it has none); `previous`:
+    the one it replaces in a reload."""
     spec = services.spec
     if spec.gateway_policy is None:
         return None
-    return spec.gateway_policy(config.protocol_options, events, services.clock)
+    timeout = path_settings(config, plan)["timeout"]
+    context = PolicyContext(events, services.clock, services.log, plan, timeout, previous)
+    return spec.gateway_policy(config.protocol_options, context)
+
+
+def build_background(
+    config: BridgeConfig,
+    plan: TargetPlan,
+    services: PathServices,
+    dispatcher: Dispatcher,
+    pool: UpstreamPool,
+) -> Background | None:
+    """The protocol's background work for one target (None: it has none)."""
+    spec = services.spec
+    if spec.background is None:
+        return None
+    context = BackgroundContext(
+        dispatcher.policy,
+        dispatcher,
+        pool,
+        dispatcher.metrics.events,
+        services.clock,
+        services.log,
+        plan,
+    )
+    return spec.background(config.protocol_options, context)
 
 
 def build_path(
@@ -188,7 +231,7 @@ def build_path(
         if spec.target_codec_for is not None
         else spec.target_codec(options, events)
     )
-    policy = build_policy(config, services, events)
+    policy = build_policy(config, plan, services, events)
     if connector is None:
         connector = connector_for(config, target, values["connect_timeout"])
     settings = PoolSettings(
@@ -262,8 +305,11 @@ def build_path(
         values["timeout"],
         values["max_connections"],
         units,
+        build_background(config, plan, services, dispatcher, pool),
     )
-    return TargetPath(connector, pool, dispatcher, view, target, path_identity(config, plan, spec))
+    return TargetPath(
+        connector, pool, dispatcher, view, target, path_identity(config, plan, spec), plan
+    )
 
 
 def build_router(

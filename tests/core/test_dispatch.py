@@ -23,6 +23,7 @@ from tcp_multiplexer.observability.metrics import TargetMetrics
 from tcp_multiplexer.protocols.echo import codec as echo_codec
 from tcp_multiplexer.protocols.modbus import SPEC as MODBUS
 from tcp_multiplexer.protocols.modbus.codec import ModbusClientCodec
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.testing import VirtualClock
 from tests.core.fakes import LOG, FakeOwner, FakePool
@@ -50,7 +51,7 @@ class Rig:
             policy = None
         else:
             codec = ModbusClientCodec()
-            policy = MODBUS.gateway_policy(modbus, events, self.clock)  # type: ignore[misc]
+            policy = ModbusGatewayPolicy(modbus, events, self.clock)
         self.dispatcher = Dispatcher(
             codec,
             self.metrics,
@@ -260,7 +261,7 @@ async def test_a_reload_gives_a_kept_dispatcher_its_new_queue_bound_and_policy()
     rig.submit(pipeliner, read_request(2, 1, 0, 1))
     rig.submit(pipeliner, read_request(3, 1, 0, 1))
     assert pipeliner.paused
-    policy = MODBUS.gateway_policy(ModbusOptions(coalesce=True), rig.metrics.events, rig.clock)  # type: ignore[misc]
+    policy = ModbusGatewayPolicy(ModbusOptions(coalesce=True), rig.metrics.events, rig.clock)
     rig.dispatcher.configure(queue_size=8, policy=policy)
     assert not pipeliner.paused, "room under the new bound"
     reader = FakeOwner("reader")

@@ -55,8 +55,10 @@ from tcp_multiplexer.protocols.modbus.codec import (
     ModbusTargetCodec,
     RtuTargetCodec,
 )
-from tcp_multiplexer.protocols.modbus.functions import read_key
+from tcp_multiplexer.protocols.modbus.device import pack_bits, unpack_bits
+from tcp_multiplexer.protocols.modbus.functions import ReadKey, read_key
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
+from tcp_multiplexer.protocols.modbus.image import reply_fits
 from tcp_multiplexer.protocols.modbus.mbap import (
     EXCEPTION_FLAG,
     MODBUS_MAX_MESSAGE_SIZE,
@@ -349,6 +351,21 @@ CLIENTS: Final = (
 )
 
 
+def _cut(read: ReadKey, held: ReadKey, reply: bytes) -> bytes | None:
+    """The values `read` asks for as `reply` (the answer to `held`) carries them, None
+    if `held` does not cover `read` (written apart from image.py, to check it)."""
+    if (read.unit, read.function) != (held.unit, held.function):
+        return None
+    offset = read.address - held.address
+    if offset < 0 or offset + read.quantity > held.quantity:
+        return None
+    values = reply[9:]
+    if read.function in (1, 2):
+        bits = unpack_bits(values, held.quantity)[offset : offset + read.quantity]
+        return pack_bits(bits)
+    return values[2 * offset : 2 * (offset + read.quantity)]
+
+
 def modbus_gateway(data: bytes) -> None:
     """A run of requests through the write filters, the policy and its cache.
 
@@ -360,9 +377,9 @@ def modbus_gateway(data: bytes) -> None:
     events: Counter[str] = Counter()
     clock = _Clock()
     policy = ModbusGatewayPolicy(ModbusOptions(cache_ttl=1.0), events, clock)
-    filters = [client_filter(RULES, False, client, events) for client in CLIENTS]
-    answered: dict[object, set[bytes]] = {}
-    """Per read key, every answer the device gave to it (the cache may serve one)."""
+    filters = [client_filter(RULES, "", client, events) for client in CLIENTS]
+    answered: list[tuple[ReadKey, bytes]] = []
+    """Every well-formed answer the device gave to a read (the image may cut from one)."""
     owner = _Owner()
     for index, payload in enumerate(adus):
         steer = payload[0]
@@ -381,18 +398,22 @@ def modbus_gateway(data: bytes) -> None:
         key = read_key(payload)
         if local is not None:
             _one_adu(local)
-            assert local[:2] == payload[:2], "a cached answer carries the request's id"
-            assert key is not None, "only reads are answered from the cache"
-            assert local[2:] in answered.get(key, set()), "never another read's answer"
+            assert local[:2] == payload[:2], "an image answer carries the request's id"
+            assert key is not None, "only reads are answered from the image"
+            assert local[6:8] == payload[6:8], "its unit and function"
+            assert any(_cut(key, held, reply) == local[9:] for held, reply in answered), (
+                "cut from one answer the device gave"
+            )
             continue
         action = steer >> 4
         if action < 10:
             answer = adus[index + 1] if index + 1 < len(adus) else payload
             answer = payload[:2] + answer[2:6] + payload[6:8] + answer[8:]
+            request.deadline = clock.now  # sent now (the policy's timeout is 0)
             if request.observed:
                 policy.observe(request, answer)
-            if key is not None and not answer[7] & EXCEPTION_FLAG:
-                answered.setdefault(key, set()).add(answer[2:])
+            if key is not None and reply_fits(key.function, key.quantity, answer):
+                answered.append((key, answer))
             shared = policy.share(payload, answer)
             assert shared[:2] == payload[:2]
             assert shared[2:] == answer[2:]

@@ -562,7 +562,7 @@ async def test_reads_within_the_ttl_are_served_without_the_device() -> None:
                 tid, 1, expected_registers(1, 1000, 20)
             )
         assert target.stats.requests == 1
-        assert (mux.metrics.events["cache_misses"], mux.metrics.events["cache_hits"]) == (1, 12)
+        assert (mux.metrics.events["image_misses"], mux.metrics.events["image_answers"]) == (1, 12)
 
 
 async def test_the_cache_never_serves_an_answer_past_its_ttl() -> None:
@@ -675,7 +675,7 @@ async def test_device_exception_answers_are_not_cached() -> None:
                 answer = await ask(mux.port, request)
                 assert answer == exception_answer(0x31, 1, READ_HOLDING, ILLEGAL_DATA_ADDRESS)
         assert target.stats.requests == 3
-        assert "cache_hits" not in mux.metrics.events
+        assert "image_answers" not in mux.metrics.events
         assert mux.metrics.events["device_exceptions"] == 3
 
 
@@ -684,7 +684,7 @@ async def test_device_exception_answers_are_not_cached() -> None:
 
 async def test_read_only_refuses_writes_without_the_device_and_reads_still_work() -> None:
     async with asyncio.timeout(TEST_TIMEOUT), modbus_device() as (target, device):
-        config = gateway_config(target, modbus=ModbusOptions(read_only=True))
+        config = gateway_config(target, modbus=ModbusOptions(read_only="deny"))
         async with running_multiplexer(config) as mux, pymodbus_client(mux.port) as client:
             refused = [
                 (WRITE_COIL, await client.write_coil(3, False)),
@@ -853,7 +853,7 @@ async def test_the_metrics_line_names_every_gateway_event(caplog: pytest.LogCapt
         config = gateway_config(
             target,
             metrics_interval=0.05,
-            modbus=ModbusOptions(cache_ttl=30.0, read_only=True),
+            modbus=ModbusOptions(cache_ttl=30.0, read_only="deny"),
         )
         async with running_multiplexer(config) as mux:
             first = asyncio.create_task(ask(mux.port, read_request(1, 1, 0, 8)))
@@ -868,8 +868,8 @@ async def test_the_metrics_line_names_every_gateway_event(caplog: pytest.LogCapt
             assert await ask(mux.port, refused) == exception_response(refused, ILLEGAL_FUNCTION)
             expected = {
                 "coalesced": 2,
-                "cache_misses": 3,
-                "cache_hits": 1,
+                "image_misses": 3,
+                "image_answers": 1,
                 "writes_refused": 1,
                 "ids_dropped": 1,
             }
@@ -922,7 +922,7 @@ async def test_coalescing_and_the_cache_reduce_device_load_with_correct_values(
             reads = clients_count * rounds
             events = mux.metrics.events
             device_reads = target.stats.requests - rounds
-            served_locally = events["coalesced"] + events["cache_hits"]
+            served_locally = events["coalesced"] + events["image_answers"]
         assert device_reads + served_locally == reads
         if not options.coalesce:
             assert device_reads == reads

@@ -23,6 +23,7 @@ from tcp_multiplexer import __version__
 from tcp_multiplexer.app import App
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.polls import parse_poll
 from tcp_multiplexer.protocols.modbus.routes import parse_route
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
@@ -117,7 +118,7 @@ async def test_metrics_count_the_traffic_sent() -> None:
             )
             == 7
         )
-        assert value(samples, "tcp_multiplexer_events_total", event="cache_hits", **who) == 0
+        assert value(samples, "tcp_multiplexer_events_total", event="image_answers", **who) == 0
         assert value(samples, "tcp_multiplexer_info", version=__version__) == 1
 
 
@@ -130,7 +131,7 @@ async def test_metrics_count_gateway_answers_and_protocol_events() -> None:
             target.port,
             protocol=ProtocolName.MODBUS,
             metrics_listen=Address(LOOPBACK, 0),
-            modbus=ModbusOptions(read_only=True),
+            modbus=ModbusOptions(read_only="deny"),
         )
         async with running_app(config) as app:
             bridge = app.bridges["test"]
@@ -388,3 +389,32 @@ async def test_the_chart_starts_when_a_bridge_starts_and_quiet_windows_have_no_l
         _status, _body, headers = await get(app, "/")
         assert "default-src 'self'" in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_the_register_image_and_its_polls_are_in_metrics_and_the_status_document() -> None:
+    polls = tuple(parse_poll(text) for text in ("1:holding:0:10:100ms", "1:holding:12:8:100ms"))
+    async with observed_modbus(modbus=ModbusOptions(cache_ttl=1.0, poll=polls)) as (target, app):
+        (bridge,) = app.bridges.values()
+        await eventually(lambda: bridge.metrics.events["poll_reads"] >= 2, message="two polls")
+        assert await exchange(bridge.port, [read_request(1, 1, 3, 4)]) == [read_answer(1, 1, 3, 4)]
+        samples = await scrape(app)
+        who = {"bridge": "test", "target": f"{LOOPBACK}:{target.port}"}
+        assert value(samples, "tcp_multiplexer_image_values", **who) == 20
+        assert value(samples, "tcp_multiplexer_events_total", event="image_answers", **who) == 1
+        assert value(samples, "tcp_multiplexer_events_total", event="merged_reads", **who) >= 2
+        status, body, _headers = await get(app, "/api/status")
+        assert status == 200
+        (document,) = json.loads(body)["bridges"]
+        (row,) = document["targets"]
+        assert row["image_values"] == 20
+        (poll,) = row["polls"]
+        assert (poll["unit"], poll["table"], poll["address"], poll["count"]) == (
+            1,
+            "holding",
+            0,
+            20,
+        )
+        assert (poll["every"], poll["merged"], poll["last_error"]) == (0.1, 2, None)
+        assert 0 <= poll["oldest_age"] < 1.0
+        assert document["held"] == {"image_values": 20}
+        assert "image_values=20" in bridge.metrics.snapshot().log_line()

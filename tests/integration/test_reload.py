@@ -181,6 +181,11 @@ CHANGES: Final = [
     pytest.param({"max-idle": "5m", "connect-timeout": "2s"}, id="pool"),
     pytest.param({"unit-map": ["7=1"]}, id="unit-map"),
     pytest.param({"lenient-ids": True}, id="lenient-ids"),
+    pytest.param(
+        {"cache-ttl": "2s", "serve-stale": "1m", "poll": ["1:holding:0:50:500ms"]},
+        id="register-image-and-polls",
+    ),
+    pytest.param({"read-only": "ignore"}, id="read-only-ignore"),
 ]
 
 
@@ -297,3 +302,41 @@ async def test_new_write_rules_apply_to_a_connected_clients_next_write(tmp_path:
             finally:
                 writer.close()
             assert device.stats.requests == 2
+
+
+async def test_a_reload_keeps_the_register_image_and_swaps_the_polls(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        one_connection_device() as device,
+    ):
+        table = {**base(device), "cache-ttl": "30s", "poll": ["1:holding:0:10:100ms"]}
+        async with reloadable(path, table) as app:
+            bridge = app.bridges["inverter"]
+            await eventually(lambda: bridge.metrics.events["poll_reads"] >= 2, message="polls")
+            await reload(app, path, {**table, "poll": ["1:holding:100:10:100ms"]})
+            await eventually(
+                lambda: (
+                    device.stats.answers > 0
+                    and bridge.targets[0].background is not None
+                    and [row["address"] for row in bridge.targets[0].background.rows(0.0)] == [100]
+                ),
+                message="the new poll",
+            )
+            polled = bridge.metrics.events["poll_reads"]
+            await eventually(
+                lambda: bridge.metrics.events["poll_reads"] >= polled + 2, message="new polls"
+            )
+            answer = await _read_once(ports(app)[LOOPBACK], 3)
+            assert answer == read_answer(1, 1, 3), "the first poll's range, still in the image"
+            assert bridge.metrics.events["image_answers"] == 1, "answered from the image"
+            assert device.stats.max_open_connections == 1
+
+
+async def _read_once(port: int, address: int) -> bytes:
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(read_request(1, 1, address))
+        return await read_adu(reader)
+    finally:
+        writer.close()

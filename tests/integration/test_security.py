@@ -216,10 +216,10 @@ async def test_write_rules_by_address_are_enforced_before_the_device() -> None:
             answer = await evcc.write_registers(5, [1, 2], device_id=2)
             assert answer.exception_code == 0x01, "fc 16 is not granted on unit 2"
             assert target.stats.requests == device_requests + 1, "refusals never reach it"
-            hits = bridge.metrics.events["cache_hits"]
+            hits = bridge.metrics.events["image_answers"]
             again = await assistant.read_holding_registers(100, count=5, device_id=1)
             assert again.registers == first.registers
-            assert bridge.metrics.events["cache_hits"] == hits + 1, "the cache entry stayed"
+            assert bridge.metrics.events["image_answers"] == hits + 1, "the cache entry stayed"
             answer = await evcc.write_register(101, 4242, device_id=1)
             assert not answer.isError()
             assert target.responder.holding_register(1, 101) == 4242  # type: ignore[attr-defined]

@@ -104,7 +104,7 @@ RULES = rules_value(
 def refusal(identity: ClientIdentity, request: bytes) -> int | None:
     """The exception code the filter answers `request` with, or None if it passes."""
     events: Counter[str] = Counter()
-    rule_filter = client_filter(RULES, False, identity, events)
+    rule_filter = client_filter(RULES, "", identity, events)
     if rule_filter is None:
         return None
     answer = rule_filter.refusal(request)
@@ -125,7 +125,7 @@ def test_the_first_matching_rule_decides() -> None:
 
 def test_names_and_roles_must_both_match_when_a_rule_gives_both() -> None:
     scada = client("10.0.0.5", names=frozenset({"scada.example"}), roles=frozenset({"operator"}))
-    assert client_filter(RULES, False, scada, Counter()) is None, "read-write: no filter"
+    assert client_filter(RULES, "", scada, Counter()) is None, "read-write: no filter"
     operator = client("10.0.0.6", names=frozenset({"laptop"}), roles=frozenset({"operator"}))
     assert refusal(operator, write_register(1, 1, 40105, 7)) == 0x01, "coils only"
 
@@ -137,8 +137,8 @@ def test_a_client_no_rule_matches_only_reads() -> None:
 
 
 def test_without_rules_read_only_is_for_everyone_and_otherwise_nothing_is_filtered() -> None:
-    assert client_filter((), False, client(), Counter()) is None
-    read_only = client_filter((), True, client(), Counter())
+    assert client_filter((), "", client(), Counter()) is None
+    read_only = client_filter((), "deny", client(), Counter())
     assert read_only is not None
     assert read_only.refusal(write_register(1, 1, 1, 1)) is not None
 

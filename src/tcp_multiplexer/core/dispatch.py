@@ -467,6 +467,14 @@ class Dispatcher:
         now = self._clock.time()
         ends = codec.gateway_answers_close
         for failed in (request, *(request.followers or ())):
+            if policy is not None:
+                fallback = policy.fallback(failed, reason)
+                if fallback is not None:
+                    metrics.local_answers += 1
+                    if self._record is not None:
+                        self._record(failed, fallback, "local", now)
+                    self._deliver(failed, fallback, False)
+                    continue
             metrics.count_gateway(reason)
             metrics.gateway_latency.observe(now - failed.submitted_at)
             answer = codec.gateway_answer(failed.payload, reason)

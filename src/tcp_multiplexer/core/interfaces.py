@@ -228,6 +228,11 @@ class GatewayPolicy(Protocol):
         because the target could not: the request may or may not have reached it."""
         ...
 
+    def fallback(self, request: Request, reason: FailureReason) -> bytes | None:
+        """An answer to give `request` instead of the gateway answer for `reason` (Modbus:
+        a stale read from the register image), or None."""
+        ...
+
 
 # ---------------------------------------------------------------------------- requests
 
@@ -316,6 +321,8 @@ class Request:
         self.payload = payload
         self.submitted_at = now
         self.deadline = 0.0
+        """When it is answered with the busy answer if still waiting; once written to a
+        target connection, when it was written plus the answer timeout."""
         self.state: int = RequestState.NEW
         self.answer = b""
         self.close_client = False

@@ -171,7 +171,8 @@ class BridgeCollector(Collector):
         requests = counter("requests", "Requests from clients.")
         answers = counter("answers", "Answers from the target.")
         local = counter(
-            "local_answers", "Answers given without the target (cache, refused writes)."
+            "local_answers",
+            "Answers given without the target (register image, stale, refused writes).",
         )
         gateway = counter(
             "gateway_answers",
@@ -186,7 +187,14 @@ class BridgeCollector(Collector):
             "last_answer_age_seconds", "Seconds since the target's last answer (NaN: none yet)."
         )
         events = counter(
-            "events", "Protocol and gateway events (coalesced, cache hits...), by name.", ["event"]
+            "events",
+            "Protocol and gateway events (coalesced, image answers, poll reads...), by name.",
+            ["event"],
+        )
+        held = gauge(
+            "image_values",
+            "Registers, coils and inputs held in the target's register image now (Modbus "
+            "with --cache-ttl or --serve-stale).",
         )
         latency = _histogram(
             "answer_latency_seconds", "Request to answer, for answers from the target.", labels
@@ -226,8 +234,13 @@ class BridgeCollector(Collector):
                     events.add_metric([*key, event], count)
                 _add_histogram(latency, key, metrics.latency)
                 _add_histogram(gateway_latency, key, metrics.gateway_latency)
+                if target.background is not None:
+                    image = target.background.gauges(now).get("image_values")
+                    if image is not None:
+                        held.add_metric(key, image)
         yield from (up, connections, attempts, failures, opened, reconnects, requests, answers)
-        yield from (local, gateway, depth, queued, waited, age, events, latency, gateway_latency)
+        yield from (local, gateway, depth, queued, waited, age, events, held)
+        yield from (latency, gateway_latency)
 
     def _per_client(self, bridges: Sequence[Bridge]) -> Iterator[Metric]:
         labels = ["bridge", "client"]

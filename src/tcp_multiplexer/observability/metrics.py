@@ -221,6 +221,8 @@ class MetricsSnapshot:
     events: dict[str, int]
     latency: LatencyHistogram
     gateway_latency: LatencyHistogram
+    held: dict[str, float] = field(default_factory=dict)
+    """What the bridge's targets hold now, by name (Modbus: ``image_values``)."""
 
     @property
     def replies(self) -> int:
@@ -250,6 +252,7 @@ class MetricsSnapshot:
             events=_difference(self.events, earlier.events),
             latency=self.latency.since(earlier.latency),
             gateway_latency=self.gateway_latency.since(earlier.gateway_latency),
+            held=self.held,
         )
 
     def log_line(self) -> str:
@@ -267,6 +270,9 @@ class MetricsSnapshot:
     def _line(self, latency: LatencyHistogram, extra: str) -> str:
         failures = " ".join(f"{key}={value}" for key, value in sorted(self.failures.items()))
         events = " ".join(f"{key}={value}" for key, value in sorted(self.events.items()))
+        held = " ".join(f"{key}={value:g}" for key, value in sorted(self.held.items()))
+        if held:
+            events = f"{events} {held}" if events else held
         return (
             f"clients={self.clients} (total {self.clients_total}) "
             f"target_connections={self.target_connections} requests={self.requests} "
@@ -294,6 +300,7 @@ class BridgeMetrics:
         "_clients_now",
         "_connections_now",
         "_counted",
+        "_held_now",
         "_targets",
         "_waiting_now",
         "clients_side",
@@ -307,7 +314,9 @@ class BridgeMetrics:
         clients_now: Callable[[], int],
         connections_now: Callable[[], int],
         waiting_now: Callable[[], int],
+        held_now: Callable[[], dict[str, float]] = dict,
     ) -> None:
+        """`held_now`: what the targets hold now, by name (Modbus: ``image_values``)."""
         self.clients_side = clients_side
         self._targets = tuple(targets)
         self._counted = self._targets
@@ -316,6 +325,7 @@ class BridgeMetrics:
         self._clients_now = clients_now
         self._connections_now = connections_now
         self._waiting_now = waiting_now
+        self._held_now = held_now
 
     @property
     def targets(self) -> tuple[TargetMetrics, ...]:
@@ -402,6 +412,7 @@ class BridgeMetrics:
             events=dict(self.events),
             latency=self.latency(),
             gateway_latency=_merged(target.gateway_latency for target in self._counted),
+            held=self._held_now(),
         )
 
 

@@ -156,9 +156,14 @@ def _summary(states: list[tuple[TargetView, TargetState]]) -> tuple[TargetState,
     return next(state for _target, state in states if not state.healthy), False
 
 
-def _target_rows(states: list[tuple[TargetView, TargetState]]) -> list[dict[str, Any]]:
-    return [
-        {
+def _target_rows(
+    states: list[tuple[TargetView, TargetState]], now: float | None = None
+) -> list[dict[str, Any]]:
+    """Each target's state; with `now`, also what its background work holds and does
+    (Modbus: the register image and its polls)."""
+    rows = []
+    for target, state in states:
+        row: dict[str, Any] = {
             "target": target.name,
             "units": target.units,
             "state": state.state,
@@ -167,8 +172,12 @@ def _target_rows(states: list[tuple[TargetView, TargetState]]) -> list[dict[str,
             "last_answer_age_seconds": _round(state.last_answer_age),
             "last_error": state.last_error,
         }
-        for target, state in states
-    ]
+        background = target.background
+        if now is not None and background is not None:
+            row.update(background.gauges(now))
+            row["polls"] = background.rows(now)
+        rows.append(row)
+    return rows
 
 
 def bridge_health(bridge: Bridge, now: float) -> dict[str, Any]:
@@ -221,7 +230,7 @@ def status_document(
                 "max_connections": target.max_connections,
                 "last_answer_age_seconds": _round(state.last_answer_age),
                 "last_error": state.last_error,
-                "targets": _target_rows(states),
+                "targets": _target_rows(states, now),
                 "clients_connected": snapshot.clients,
                 "clients_accepted": snapshot.clients_total,
                 "requests": snapshot.requests,
@@ -229,6 +238,7 @@ def status_document(
                 "local_answers": snapshot.local_answers,
                 "gateway_answers": dict(sorted(gateway.items())),
                 "events": dict(sorted(snapshot.events.items())),
+                "held": dict(sorted(snapshot.held.items())),
                 "latency_ms": {
                     "mean": latest["mean_ms"] if latest else None,
                     "p50": latest["p50_ms"] if latest else None,

@@ -3,24 +3,27 @@
 Each protocol package exports one `ProtocolSpec`: its name, its options (with their
 command-line flags and config keys), a client codec (frames what clients send, builds
 gateway answers), a target codec (encodes requests for the target, frames and decodes
-its answers, says how they are matched), an optional gateway policy, the names of the
-events it counts, and the example responder `example-server` serves. The registry
+its answers, says how they are matched), an optional gateway policy and background work
+per target (Modbus: the register image and its polls), the names of the events it
+counts, and the example responder `example-server` serves. The registry
 (protocols/__init__.py) is the one list behind `tcp-multiplexer list`, the server and
 `example-server`.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, Protocol
 
 from tcp_multiplexer.core.interfaces import (
     ClientCodec,
     Clock,
+    Dispatch,
     GatewayPolicy,
     RequestFilter,
     TargetCodec,
@@ -53,6 +56,68 @@ class ProtocolName(StrEnum):
     MPU = "mpu"
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What a gateway policy for one target is built with, besides the options."""
+
+    events: EventCounts
+    clock: Clock
+    log: logging.LoggerAdapter[logging.Logger]
+    plan: TargetPlan
+    """The target it serves: its route's keys and settings."""
+    timeout: float = 0.0
+    """The target's answer timeout: a request sent was sent at its deadline minus it."""
+    previous: GatewayPolicy | None = None
+    """The policy it replaces (a reload), whose state it may carry on."""
+
+
+class PoolState(Protocol):
+    """What background work asks of a target's pool."""
+
+    @property
+    def connections(self) -> int:
+        """Target connections up now."""
+        ...
+
+    @property
+    def closing(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackgroundContext:
+    """What a target's background work is built with, besides the options."""
+
+    policy: GatewayPolicy | None
+    dispatch: Dispatch
+    """The target's own dispatcher (not the bridge's router)."""
+    pool: PoolState
+    events: EventCounts
+    clock: Clock
+    log: logging.LoggerAdapter[logging.Logger]
+    plan: TargetPlan
+
+
+class Background(Protocol):
+    """A target's own work besides its clients' requests (Modbus: polls), and what it
+    holds, for observability."""
+
+    def start(self) -> None:
+        """Begin, once the target's pool has started."""
+        ...
+
+    def stop(self) -> None:
+        """End (a reload that replaces it, shutdown); requests on their way still end."""
+        ...
+
+    def gauges(self, now: float) -> Mapping[str, float]:
+        """What it holds now, by name (Modbus: ``values_held``)."""
+        ...
+
+    def rows(self, now: float) -> list[dict[str, Any]]:
+        """One row per thing it does (Modbus: each polled range), for the status page."""
+        ...
+
+
 def no_options(values: Mapping[str, Any]) -> None:
     """The options object of a protocol without options."""
     return None
@@ -74,7 +139,10 @@ class ProtocolSpec:
     make_options: Callable[[Mapping[str, Any]], Any] = no_options
     """Builds the (frozen, validated) options object from every option's value by field
     name; raises ConfigError."""
-    gateway_policy: Callable[[Any, EventCounts, Clock], GatewayPolicy | None] | None = None
+    gateway_policy: Callable[[Any, PolicyContext], GatewayPolicy | None] | None = None
+    """A gateway policy for one target of the plan."""
+    background: Callable[[Any, BackgroundContext], Background | None] | None = None
+    """Background work for one target of the plan, started with its pool."""
     events: tuple[str, ...] = ()
     option_values: Callable[[Any], Mapping[str, Any]] = lambda options: {}
     """The options object's settings by option key, as `make_options` takes them

@@ -43,6 +43,11 @@ from tcp_multiplexer.protocols.modbus.mbap import ExceptionCode, FunctionCode, e
 from tcp_multiplexer.protocols.spec import ClientIdentity
 
 READ_ONLY: Final = "read-only"
+DENY: Final = "deny"
+"""`read-only = "deny"` (or true): writes are refused with exception 0x01."""
+IGNORE: Final = "ignore"
+"""`read-only = "ignore"`: writes are acknowledged as the device would, never sent."""
+_READ_ONLY_WORDS: Final = {"": "", "false": "", "off": "", "true": DENY, DENY: DENY, IGNORE: IGNORE}
 READ_WRITE: Final = "read-write"
 LISTED: Final = "listed"
 TABLES: Final = {
@@ -262,13 +267,27 @@ class WriteFilter:
 EVERYONE_READS: Final = WriteRule(access=READ_ONLY, text='{ access = "read-only" }')
 
 
+def read_only_value(value: object) -> str:
+    """`read-only`: true or ``deny``, ``ignore``, or false (off, as "")."""
+    if isinstance(value, bool):
+        return DENY if value else ""
+    if isinstance(value, str) and value.strip().lower() in _READ_ONLY_WORDS:
+        return _READ_ONLY_WORDS[value.strip().lower()]
+    raise ConfigError(f"expected true, false, {DENY!r} or {IGNORE!r}, got {value!r}")
+
+
+def read_only_toml(value: str) -> str:
+    """`read-only` as TOML (check-config)."""
+    return json.dumps(value) if value else "false"
+
+
 def client_filter(
-    rules: Sequence[WriteRule], read_only: bool, identity: ClientIdentity, events: Counter[str]
+    rules: Sequence[WriteRule], read_only: str, identity: ClientIdentity, events: Counter[str]
 ) -> WriteFilter | None:
     """The filter for a client: the first rule that matches it; with no rules,
-    read-only or nothing to filter."""
+    `read-only = "deny"` or nothing to filter (``ignore`` is the gateway policy's)."""
     if not rules:
-        return WriteFilter(EVERYONE_READS, events) if read_only else None
+        return WriteFilter(EVERYONE_READS, events) if read_only == DENY else None
     for rule in rules:
         if rule.matches(identity):
             return None if rule.access == READ_WRITE else WriteFilter(rule, events)

@@ -8,9 +8,8 @@ state. The gateway policy, the write rules and the register image all ask here.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
-from tcp_multiplexer.protocols.modbus.cache import ReadKey
 from tcp_multiplexer.protocols.modbus.mbap import MBAP_HEADER_SIZE, FunctionCode
 
 # Plain ints, not FunctionCode members: a set lookup then compares ints with ints.
@@ -39,6 +38,15 @@ REGISTER_READS: Final = frozenset({FunctionCode.READ_HOLDING_REGISTERS})
 READ_REQUEST_SIZE: Final = MBAP_HEADER_SIZE + 5
 """A read request ADU: header, function, address (2), quantity (2)."""
 _TWO_WORDS: Final = struct.Struct(">HH")
+
+
+class ReadKey(NamedTuple):
+    """What identifies a read: unit, function code, first address, quantity."""
+
+    unit: int
+    function: int
+    address: int
+    quantity: int
 
 
 def read_key(request: bytes) -> ReadKey | None:

@@ -59,9 +59,22 @@ class ExceptionCode:
 
     ILLEGAL_FUNCTION: Final = 0x01
     ILLEGAL_DATA_ADDRESS: Final = 0x02
+    ILLEGAL_DATA_VALUE: Final = 0x03
+    SERVER_DEVICE_FAILURE: Final = 0x04
     SERVER_DEVICE_BUSY: Final = 0x06
     GATEWAY_PATH_UNAVAILABLE: Final = 0x0A
     GATEWAY_TARGET_FAILED: Final = 0x0B
+
+
+EXCEPTION_NAMES: Final = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x06: "server device busy",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target failed to respond",
+}
 
 
 class MbapFramer:

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from tcp_multiplexer.errors import ConfigError
-from tcp_multiplexer.options import Option, duration_value
-from tcp_multiplexer.protocols.modbus.access import WriteRule, rules_toml, rules_value
+from tcp_multiplexer.options import Option, count_value, duration_value
+from tcp_multiplexer.protocols.modbus.access import (
+    DENY,
+    WriteRule,
+    read_only_toml,
+    read_only_value,
+    rules_toml,
+    rules_value,
+)
+from tcp_multiplexer.protocols.modbus.polls import (
+    DEFAULT_MAX_REGISTERS,
+    DEFAULT_MERGE_GAP,
+    Poll,
+    check_polls,
+    parse_poll,
+    polls_toml,
+)
 from tcp_multiplexer.protocols.modbus.routes import (
     Route,
     check_routes,
@@ -19,6 +34,7 @@ from tcp_multiplexer.protocols.modbus.routes import (
 )
 
 GROUP: Final = "modbus gateway"
+IMAGE_GROUP: Final = "modbus register image: read the device once for every client"
 ROUTE_GROUP: Final = "modbus devices: serial, RTU over TCP, routing by unit id"
 
 
@@ -29,7 +45,15 @@ class ModbusOptions:
     lenient_ids: bool = False
     coalesce: bool = True
     cache_ttl: float = 0.0
-    read_only: bool = False
+    """Answer reads from one device answer this young (the register image); 0: off."""
+    serve_stale: float = 0.0
+    """While the target cannot answer, answer reads from answers this young; 0: off."""
+    read_only: str = ""
+    """``deny`` (refuse writes), ``ignore`` (acknowledge them unsent), or "" (off)."""
+    poll: tuple[Poll, ...] = ()
+    """What the bridge reads on its own to keep the image fresh."""
+    poll_merge_gap: int = DEFAULT_MERGE_GAP
+    poll_max_registers: int = DEFAULT_MAX_REGISTERS
     write_rules: tuple[WriteRule, ...] = ()
     """Who may write what, first match wins (config file only); empty: `read_only`
     for everyone."""
@@ -41,7 +65,55 @@ class ModbusOptions:
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
             raise ConfigError("must not be negative", key="cache-ttl")
+        if not 1 <= self.poll_max_registers <= DEFAULT_MAX_REGISTERS:
+            raise ConfigError(
+                f"{self.poll_max_registers} is outside 1..{DEFAULT_MAX_REGISTERS} (the protocol's "
+                "limit for one read)",
+                key="poll-max-registers",
+            )
         check_routes(self.routes, self.unit_map)
+        routed = {unit for route in self.routes for unit in route.units}
+        check_polls((poll for poll in self.poll if poll.unit not in routed), self.cache_ttl)
+        for route in self.routes:
+            ttl = route.settings.get("cache_ttl", self.cache_ttl)
+            where = f"to {route.target}: poll "
+            own = route.settings.get("poll", ())
+            for poll in own:
+                if poll.unit not in route.units:
+                    raise ConfigError(
+                        f"{where}{poll}: unit {poll.unit} is not one of the route's", key="route"
+                    )
+            check_polls(own, ttl, "route", where)
+            check_polls((poll for poll in self.poll if poll.unit in route.units), ttl)
+
+
+PATH_FIELDS: Final = (
+    "cache_ttl",
+    "serve_stale",
+    "read_only",
+    "poll",
+    "poll_merge_gap",
+    "poll_max_registers",
+)
+"""What a route may set for its own target besides timing (routes.SETTINGS)."""
+
+
+def path_options(
+    options: ModbusOptions, keys: frozenset[int] | None, settings: Mapping[str, Any]
+) -> ModbusOptions:
+    """The options one target runs with: its route's `settings` over the bridge's, and
+    the polls of the units it serves (`keys`; None: every unit no route takes)."""
+    routed = {unit for route in options.routes for unit in route.units}
+    polls = tuple(
+        poll
+        for poll in options.poll
+        if (poll.unit in keys if keys is not None else poll.unit not in routed)
+    )
+    own = {name: settings[name] for name in PATH_FIELDS if name in settings}
+    if "read_only" not in own and options.read_only == DENY:
+        own["read_only"] = ""  # the bridge's refusal is its clients' write filter's
+    own["poll"] = polls + tuple(settings.get("poll", ()))
+    return replace(options, routes=(), **own)
 
 
 OPTIONS: Final = (
@@ -62,19 +134,63 @@ OPTIONS: Final = (
     ),
     Option(
         "cache-ttl",
-        "answer reads from a cache of device answers this young; writes drop what they "
-        "overlap (default: 0 = off)",
+        "keep a register image: answer a read from one device answer this young that "
+        "holds its whole range; writes drop what they overlap (default: 0 = off)",
         duration_value,
         0.0,
         metavar="DURATION",
-        group=GROUP,
+        group=IMAGE_GROUP,
+    ),
+    Option(
+        "serve-stale",
+        "while the target cannot be reached or does not answer, answer reads from device "
+        "answers up to this old instead of with 0x0A/0x0B (default: 0 = off)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=IMAGE_GROUP,
+    ),
+    Option(
+        "poll",
+        "read this range in the background to keep the image fresh: "
+        "UNIT:TABLE:ADDRESS:COUNT:EVERY, such as 1:holding:40000:50:5s (TABLE: holding, "
+        "input, coils, discrete; EVERY shorter than --cache-ttl); repeat it for several",
+        parse_poll,
+        None,
+        metavar="POLL",
+        repeatable=True,
+        group=IMAGE_GROUP,
+        render=polls_toml,
+    ),
+    Option(
+        "poll-merge-gap",
+        "read polls of one unit and table this many registers apart or closer together "
+        f"(default: {DEFAULT_MERGE_GAP})",
+        count_value(0),
+        DEFAULT_MERGE_GAP,
+        metavar="N",
+        group=IMAGE_GROUP,
+    ),
+    Option(
+        "poll-max-registers",
+        "at most this many registers in one poll read, 16 times as many coils or inputs "
+        f"(default: {DEFAULT_MAX_REGISTERS}, the protocol's limit)",
+        count_value(1),
+        DEFAULT_MAX_REGISTERS,
+        metavar="N",
+        group=IMAGE_GROUP,
     ),
     Option(
         "read-only",
-        "refuse writes (function codes 5, 6, 15, 16, 22, 23) with exception 0x01",
-        None,
-        False,
+        "never send writes (function codes 5, 6, 15, 16, 22, 23): alone or =deny, refuse "
+        "them with exception 0x01; =ignore, answer 5, 6, 15 and 16 as the device would "
+        "(for masters that break on 0x01) and refuse 22 and 23",
+        read_only_value,
+        "",
+        metavar="deny|ignore",
+        bare=DENY,
         group=GROUP,
+        render=read_only_toml,
     ),
     Option(
         "write-rules",
@@ -122,7 +238,11 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         lenient_ids=values["lenient_ids"],
         coalesce=not values["no_coalesce"],
         cache_ttl=values["cache_ttl"],
+        serve_stale=values["serve_stale"],
         read_only=values["read_only"],
+        poll=values["poll"],
+        poll_merge_gap=values["poll_merge_gap"],
+        poll_max_registers=values["poll_max_registers"],
         write_rules=values["write_rules"],
         routes=values["route"],
         unit_map=values["unit_map"],
@@ -135,7 +255,11 @@ def option_values(options: ModbusOptions) -> dict[str, Any]:
         "lenient-ids": options.lenient_ids,
         "no-coalesce": not options.coalesce,
         "cache-ttl": options.cache_ttl,
+        "serve-stale": options.serve_stale,
         "read-only": options.read_only,
+        "poll": options.poll,
+        "poll-merge-gap": options.poll_merge_gap,
+        "poll-max-registers": options.poll_max_registers,
         "write-rules": options.write_rules,
         "route": options.routes,
         "unit-map": options.unit_map,

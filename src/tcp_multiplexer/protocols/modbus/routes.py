@@ -30,6 +30,8 @@ from typing import Any, Final
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import count_value, duration_value, format_duration
 from tcp_multiplexer.profiles import get_profile
+from tcp_multiplexer.protocols.modbus.access import read_only_toml, read_only_value
+from tcp_multiplexer.protocols.modbus.polls import polls_toml, setting_value
 from tcp_multiplexer.target import Target, TargetPlan, target_url_value
 
 UNIT_IDS: Final = range(256)
@@ -42,6 +44,12 @@ SETTINGS: Final = {
     "reconnect-backoff": duration_value,
     "max-connections": count_value(1),
     "max-inflight": count_value(1),
+    "cache-ttl": duration_value,
+    "serve-stale": duration_value,
+    "read-only": read_only_value,
+    "poll": setting_value,
+    "poll-merge-gap": count_value(0),
+    "poll-max-registers": count_value(1),
 }
 """What a route's table may set for its target (else the bridge's value)."""
 _ROUTE_KEYS: Final = frozenset({"units", "target", "unit-map", "profile", *SETTINGS})
@@ -259,6 +267,10 @@ def units_text(units: Iterable[int]) -> str:
 
 
 def _setting_toml(key: str, value: Any) -> str:
+    if key == "poll":
+        return polls_toml(value)
+    if key == "read-only":
+        return read_only_toml(value)
     if SETTINGS[key] is duration_value:
         return json.dumps(format_duration(float(value)))
     return str(int(value))

@@ -1,0 +1,286 @@
+"""The poller: reads a target's polled ranges in the background to keep its register
+image fresh, and says what the image holds.
+
+One `Polling` per target with an image. Each read of the plan (polls.py) falls due
+every `every` seconds and is submitted to the target's dispatcher as the bridge's own
+request, in the background round: a free target connection takes it only when no
+client request waits. A read that falls due while its previous one is still waiting
+or on its way is skipped and counted late, never queued twice. While no target
+connection is up, polls pause: they never make the pool connect (its reconnecting goes
+on as usual) and resume with the connection.
+
+A merged read the device refuses with exception 0x02 (a hole in its register map) is
+read in its separate ranges from then on (logged once at NOTICE); a single range it
+refuses is read at a tenth of its pace until it answers again (each refusal logged
+once).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from typing import Any, Final
+
+from tcp_multiplexer.core.interfaces import (
+    Clock,
+    Dispatch,
+    Priority,
+    Request,
+    RequestState,
+    TimerHandle,
+)
+from tcp_multiplexer.logs import NOTICE
+from tcp_multiplexer.options import format_duration
+from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
+from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.polls import TABLE_NAMES, PollRead, plan_reads
+from tcp_multiplexer.protocols.spec import PoolState
+
+REFUSED_SLOWDOWN: Final = 10
+"""A range the device refuses is read this many times less often."""
+_NOT_ANSWERED: Final = frozenset(
+    {
+        ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+        ExceptionCode.GATEWAY_TARGET_FAILED,
+        ExceptionCode.SERVER_DEVICE_BUSY,
+    }
+)
+"""Exceptions that say the read did not get through, not that the device refused it."""
+_READ: Final = struct.Struct(">HHHBBHH")
+"""A read request ADU: transaction id, protocol id, length, unit, function, address,
+count."""
+
+
+class _Scheduled:
+    """One read of the plan and how it is going."""
+
+    __slots__ = (
+        "due",
+        "every",
+        "last_error",
+        "last_read",
+        "late",
+        "read",
+        "refused",
+        "request",
+    )
+
+    def __init__(self, read: PollRead, due: float) -> None:
+        self.read = read
+        self.every = read.every
+        """Its pace now: a tenth of it while the device refuses the range."""
+        self.due = due
+        self.request: Request | None = None
+        """The read on its way (waiting or sent), if any."""
+        self.refused = False
+        self.last_error = ""
+        self.last_read = float("-inf")
+        """When its last answer arrived."""
+        self.late = 0
+
+
+class Polling:
+    """The poller of one target (see the module docstring); also the target's image
+    for observability. It is a `RequestOwner` for its own reads."""
+
+    closed = False
+    """Never closed: a `RequestOwner` that is always there for its answers."""
+
+    def __init__(
+        self,
+        options: ModbusOptions,
+        policy: ModbusGatewayPolicy,
+        dispatch: Dispatch,
+        pool: PoolState,
+        *,
+        clock: Clock,
+        log: logging.LoggerAdapter[logging.Logger],
+        events: Counter[str],
+    ) -> None:
+        self._policy = policy
+        self._dispatch = dispatch
+        self._pool = pool
+        self._clock = clock
+        self._log = log
+        self._events = events
+        self._reads = [
+            _Scheduled(read, 0.0)
+            for read in plan_reads(options.poll, options.poll_merge_gap, options.poll_max_registers)
+        ]
+        self._timer: TimerHandle | None = None
+        self._running = False
+        self._by_request: dict[int, _Scheduled] = {}
+        self.name = "the bridge's poller"
+
+    @property
+    def reads(self) -> list[PollRead]:
+        """What it reads now (merged reads the device refused are split)."""
+        return [scheduled.read for scheduled in self._reads]
+
+    # ------------------------------------------------------------------ life
+
+    def start(self) -> None:
+        """Begin: every read falls due at once (once a target connection is up)."""
+        if self._running or not self._reads:
+            return
+        self._running = True
+        now = self._clock.time()
+        for scheduled in self._reads:
+            scheduled.due = now
+        self._arm(now)
+
+    def stop(self) -> None:
+        """Stop polling (a reload, shutdown); reads on their way are still answered."""
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, now: float) -> None:
+        if not self._running or not self._reads:
+            return
+        due = min(scheduled.due for scheduled in self._reads)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= due:
+                return
+            timer.cancel()
+        self._timer = self._clock.call_at(max(due, now), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        if not self._running:
+            return
+        now = self._clock.time()
+        pool = self._pool
+        up = pool.connections > 0 and not pool.closing
+        for scheduled in list(self._reads):
+            if scheduled.due > now:
+                continue
+            # The next time it falls due, on its own beat (skipping beats it missed).
+            missed = int((now - scheduled.due) // scheduled.every)
+            scheduled.due += (missed + 1) * scheduled.every
+            if not up:
+                continue  # paused: the pool's own reconnecting brings the target back
+            if scheduled.request is not None:
+                scheduled.late += 1
+                self._events["late_polls"] += 1
+                continue
+            self._submit(scheduled, now)
+        self._arm(now)
+
+    def _submit(self, scheduled: _Scheduled, now: float) -> None:
+        read = scheduled.read
+        payload = _READ.pack(0, 0, 6, read.unit, read.function, read.address, read.count)
+        request = Request(self, payload, now)
+        request.priority = Priority.BACKGROUND
+        scheduled.request = request
+        self._by_request[id(request)] = scheduled
+        self._events["poll_reads"] += 1
+        if read.merged:
+            self._events["merged_reads"] += 1
+        self._dispatch.submit(request)
+
+    # ------------------------------------------------------------------ RequestOwner
+
+    def request_done(self, request: Request) -> None:
+        scheduled = self._by_request.pop(id(request), None)
+        if scheduled is None or scheduled.request is not request:
+            return
+        scheduled.request = None
+        answer = request.answer
+        now = self._clock.time()
+        if request.close_client or len(answer) < 9:
+            scheduled.last_error = "no answer"
+            return
+        if not answer[7] & EXCEPTION_FLAG:
+            scheduled.last_read = now
+            scheduled.last_error = ""
+            if scheduled.refused:
+                scheduled.refused = False
+                scheduled.every = scheduled.read.every
+                scheduled.due = min(scheduled.due, now + scheduled.every)
+                self._arm(now)
+                self._log.log(NOTICE, "poll of %s: the device answers it again", scheduled.read)
+            return
+        code = answer[8]
+        name = EXCEPTION_NAMES.get(code)
+        scheduled.last_error = f"exception 0x{code:02x}" + (f" ({name})" if name else "")
+        if code in _NOT_ANSWERED:
+            return
+        read = scheduled.read
+        if read.merged and code == ExceptionCode.ILLEGAL_DATA_ADDRESS:
+            self._split(scheduled, now)
+            return
+        self._events["refused_ranges"] += 1
+        if not scheduled.refused:
+            scheduled.refused = True
+            scheduled.every = read.every * REFUSED_SLOWDOWN
+            scheduled.due = now + scheduled.every
+            self._log.log(
+                NOTICE,
+                "poll of %s: the device refuses it (%s); trying again every %s",
+                read,
+                scheduled.last_error,
+                format_duration(scheduled.every),
+            )
+            self._arm(now)
+
+    def _split(self, scheduled: _Scheduled, now: float) -> None:
+        """The device refused a merged read with 0x02: read its parts separately."""
+        read = scheduled.read
+        self._events["refused_ranges"] += 1
+        index = self._reads.index(scheduled)
+        parts = [_Scheduled(part, now) for part in read.parts]
+        self._reads[index : index + 1] = parts
+        self._log.log(
+            NOTICE,
+            "poll of %s: the device refuses the merged read (exception 0x02, a hole in its "
+            "register map?); reading its %d ranges separately from now on",
+            read,
+            len(parts),
+        )
+        self._arm(now)
+
+    def pause_for_queue(self) -> None:
+        """Nothing to pause: the poller never has more than its reads waiting."""
+
+    def resume_for_queue(self) -> None:
+        """Nothing to resume."""
+
+    # ------------------------------------------------------------------ what it holds
+
+    def gauges(self, now: float) -> dict[str, float]:
+        image = self._policy.image
+        return {"image_values": float(image.values_held(now)) if image is not None else 0.0}
+
+    def rows(self, now: float) -> list[dict[str, Any]]:
+        """Each polled read: its range, interval, the age of its oldest value, its last
+        error, and how often it came round late."""
+        image = self._policy.image
+        rows: list[dict[str, Any]] = []
+        for scheduled in self._reads:
+            read = scheduled.read
+            age = (
+                image.oldest_age(read.unit, read.function, read.address, read.count, now)
+                if image is not None
+                else None
+            )
+            rows.append(
+                {
+                    "unit": read.unit,
+                    "table": TABLE_NAMES[read.function],
+                    "address": read.address,
+                    "count": read.count,
+                    "every": scheduled.every,
+                    "merged": len(read.parts),
+                    "oldest_age": None if age is None else round(age, 3),
+                    "last_error": scheduled.last_error or None,
+                    "late": scheduled.late,
+                    "waiting": scheduled.request is not None
+                    and scheduled.request.state != RequestState.DONE,
+                }
+            )
+        return rows
