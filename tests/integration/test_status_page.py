@@ -37,6 +37,8 @@ from tcp_multiplexer.observability.status import HISTORY_STEP
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.protocols.modbus.mbap import transaction_id
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.polls import parse_poll
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
 from tests.helpers import LOOPBACK, eventually, mux_config, open_client, running_app
@@ -64,7 +66,8 @@ VOID: Final = frozenset(
 
 
 Key = tuple[str, ...]
-"""("id", id), ("field", bridge, field) or ("client", bridge, address, field)."""
+"""("id", id), ("field", bridge, field), ("client", bridge, address, field) or
+("poll", bridge, range, field)."""
 
 
 @dataclass
@@ -79,6 +82,9 @@ class Page:
     """Per bridge, the text of its `data-field` elements."""
     clients: dict[str, dict[str, dict[str, str]]]
     """Per bridge and client address, the text of its `data-client-field` elements."""
+    polls: dict[str, dict[str, dict[str, str]]]
+    """Per bridge and polled range (``UNIT:TABLE:ADDRESS:COUNT``), the text of its
+    `data-poll-field` elements."""
 
 
 class _PageParser(HTMLParser):
@@ -89,14 +95,16 @@ class _PageParser(HTMLParser):
         self.state: str | None = None
         self.bridges: list[str] = []
         self.texts: dict[Key, str] = {}
-        self._stack: list[tuple[str, str | None, str | None, tuple[Key, ...]]] = []
-        """Open elements: tag, bridge, client address, where their text goes."""
+        self._stack: list[tuple[str, str | None, str | None, str | None, tuple[Key, ...]]] = []
+        """Open elements: tag, bridge, client address, polled range, where their text goes."""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in VOID:
             return
         attr = {name: value or "" for name, value in attrs}
-        _, bridge, client, keys = self._stack[-1] if self._stack else ("", None, None, ())
+        _, bridge, client, poll, keys = (
+            self._stack[-1] if self._stack else ("", None, None, None, ())
+        )
         if tag == "body":
             self.state = attr.get("data-state")
         if "data-bridge" in attr:
@@ -104,6 +112,7 @@ class _PageParser(HTMLParser):
             assert bridge not in self.bridges, f"bridge {bridge!r} is drawn twice"
             self.bridges.append(bridge)
         client = attr.get("data-client", client)
+        poll = attr.get("data-poll", poll)
         new: list[Key] = []
         if "id" in attr:
             new.append(("id", attr["id"]))
@@ -111,17 +120,19 @@ class _PageParser(HTMLParser):
             new.append(("field", bridge, attr["data-field"]))
         if "data-client-field" in attr and bridge is not None and client is not None:
             new.append(("client", bridge, client, attr["data-client-field"]))
+        if "data-poll-field" in attr and bridge is not None and poll is not None:
+            new.append(("poll", bridge, poll, attr["data-poll-field"]))
         for key in new:
             assert key not in self.texts, f"{key} appears twice: a test could read either"
             self.texts[key] = ""
-        self._stack.append((tag, bridge, client, (*keys, *new)))
+        self._stack.append((tag, bridge, client, poll, (*keys, *new)))
 
     def handle_endtag(self, tag: str) -> None:
         while self._stack and self._stack.pop()[0] != tag:
             pass
 
     def handle_data(self, data: str) -> None:
-        for key in self._stack[-1][3] if self._stack else ():
+        for key in self._stack[-1][4] if self._stack else ():
             self.texts[key] += data
 
 
@@ -129,14 +140,16 @@ def parse_page(dom: str) -> Page:
     parser = _PageParser()
     parser.feed(dom)
     parser.close()
-    page = Page(parser.state, {}, {name: {} for name in parser.bridges}, {})
+    page = Page(parser.state, {}, {name: {} for name in parser.bridges}, {}, {})
     for key, text in parser.texts.items():
         if key[0] == "id":
             page.ids[key[1]] = text
         elif key[0] == "field":
             page.bridges[key[1]][key[2]] = text
-        else:
+        elif key[0] == "client":
             page.clients.setdefault(key[1], {}).setdefault(key[2], {})[key[3]] = text
+        else:
+            page.polls.setdefault(key[1], {}).setdefault(key[2], {})[key[3]] = text
     return page
 
 
@@ -365,3 +378,34 @@ async def test_the_status_page_shows_live_counts_in_a_browser(tmp_path: Path) ->
             assert p99 == idle or float(p99) >= DEVICE_DELAY * 1e3, p99
             if os.environ.get("UPDATE_SCREENSHOT"):  # UPDATE_SCREENSHOT=1 pytest -k status_page
                 shutil.copyfile(shot, SCREENSHOT)
+
+
+@pytest.mark.timeout(TEST_TIMEOUT + 30)
+async def test_the_status_page_lists_each_polled_range_of_the_register_image(
+    tmp_path: Path,
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    polls = tuple(parse_poll(text) for text in ("1:holding:0:10:200ms", "1:input:100:4:200ms"))
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        TargetServer(TargetConfig(protocol=ProtocolName.MODBUS)) as target,
+    ):
+        config = mux_config(
+            target.port,
+            protocol=ProtocolName.MODBUS,
+            metrics_listen=Address(LOOPBACK, 0),
+            modbus=ModbusOptions(cache_ttl=1.0, poll=polls),
+        )
+        async with running_app(config) as app, contextlib.AsyncExitStack() as stack:
+            browser = stack.enter_context(chromium(tmp_path))
+            bridge = app.bridges[BRIDGE]
+            await eventually(lambda: bridge.metrics.events["poll_reads"] >= 2, message="polls")
+            assert app.observability is not None
+            page = await browser.page(f"http://{LOOPBACK}:{app.observability.port}/")
+    rows = page.polls[BRIDGE]
+    assert sorted(rows) == ["1:holding:0:10", "1:input:100:4"]
+    for row in rows.values():
+        assert row["last_error"] == "none"
+        assert row["oldest_age"].endswith(" s"), row
+        assert float(row["oldest_age"].removesuffix(" s")) < 1.0

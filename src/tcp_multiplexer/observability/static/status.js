@@ -196,6 +196,34 @@
     return el("ul", { class: "routes" }, ...items);
   }
 
+  function pollsTable(targets) {
+    // Modbus targets with a register image: what it holds and each polled range.
+    const imaged = targets.filter((t) => t.image_values !== undefined);
+    if (!imaged.length) return null;
+    const held = imaged.reduce((sum, t) => sum + t.image_values, 0);
+    const polls = imaged.flatMap((t) => (t.polls || []).map((p) => ({ ...p, target: t.target })));
+    const details = el("details", { class: "polls", open: true });
+    details.append(el("summary", {}, `Register image (${integer(held)} values held, ${polls.length} polled range${polls.length === 1 ? "" : "s"})`));
+    if (!polls.length) {
+      details.append(el("p", { class: "muted" }, "No polls: the image holds what clients read."));
+      return details;
+    }
+    const head = el("tr", {}, ...["Range", "Every", "Oldest value", "Late", "Last error"].map((h) => el("th", { scope: "col" }, h)));
+    const rows = polls.map((p) =>
+      el(
+        "tr",
+        { "data-poll": `${p.unit}:${p.table}:${p.address}:${p.count}` },
+        el("td", { class: "address" }, `unit ${p.unit} ${p.table} ${p.address}-${p.address + p.count - 1}` + (p.merged ? ` (${p.merged} merged)` : "")),
+        el("td", { class: "num" }, duration(p.every)),
+        el("td", { class: "num", "data-poll-field": "oldest_age" }, p.oldest_age === null ? "not read" : `${p.oldest_age.toFixed(1)} s`),
+        el("td", { class: "num" }, integer(p.late)),
+        el("td", { class: p.last_error ? "bad-text" : "muted", "data-poll-field": "last_error" }, p.last_error || "none"),
+      ),
+    );
+    details.append(el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
+    return details;
+  }
+
   function bridgeCard(b) {
     const gatewayTotal = Object.values(b.gateway_answers).reduce((sum, n) => sum + n, 0);
     const facts = el(
@@ -231,6 +259,7 @@
         latencyTile(b.latency_ms || {}, b.history || []),
       ),
       chart(b.history || []),
+      ...[pollsTable(b.targets || [])].filter(Boolean),
       clientsTable(b.name, b.clients || []),
     );
   }
