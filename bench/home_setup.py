@@ -242,7 +242,7 @@ def markdown_table(results: Sequence[Result]) -> str:
             f"| {percentile(tally.latencies, 0.99) * 1e3:.1f} ms "
             f"| {result.device_requests} ({result.device_requests / result.seconds:.1f}) "
             f"| {events.get('coalesced', 0)} "
-            f"| {events.get('cache_hits', 0)} "
+            f"| {events.get('image_answers', 0)} "
             f"| {tally.skipped} "
             f"| {tally.wrong} "
             f"| {tally.failed} "

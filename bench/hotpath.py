@@ -10,6 +10,10 @@ calls, no event-loop wake-ups, no load generator.
 With 16 clients each keeps one request outstanding, as in the main benchmark table, so
 requests wait in the fair queue while the target link is busy.
 
+`modbus-image` is Modbus with a register image (`--cache-ttl 1h`): one read of
+registers 0-124 fills it before the measurement, and then every client read (ten
+registers somewhere in that range) is answered from the image, without the target.
+
     .venv/bin/python bench/hotpath.py                   # µs per request
     .venv/bin/python bench/hotpath.py --instructions    # and instructions, under valgrind
 
@@ -43,10 +47,15 @@ from tcp_multiplexer.app import App
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
 from tcp_multiplexer.core.session import ClientSession
 from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.testing import MemoryConnector, MemoryTransport
 
-PROTOCOLS: Final = ("echo", "modbus", "http")
+PROTOCOLS: Final = ("echo", "modbus", "http", "modbus-image")
+IMAGE: Final = "modbus-image"
+"""Modbus, every read answered from the register image."""
+IMAGE_FILL: Final = bytes.fromhex("0001 0000 0006 01 03 0000 007d")
+"""The read that fills the image: holding registers 0-124."""
 UNUSED_TARGET: Final = Address("127.0.0.1", 9)
 """Never connected to: the bridge reaches its target through memory connections."""
 
@@ -61,6 +70,9 @@ def request_bytes(protocol: str, client: int, sequence: int) -> bytes:
     if protocol == "modbus":
         address = (client * 131 + sequence * 7) % 1000
         return bytes.fromhex("0001 0000 0006 01 03") + address.to_bytes(2, "big") + b"\x00\x0a"
+    if protocol == IMAGE:
+        address = (client * 13 + sequence * 7) % 115  # inside 0-124: always in the image
+        return bytes.fromhex("0001 0000 0006 01 03") + address.to_bytes(2, "big") + b"\x00\x0a"
     return b"client %d request %d\n" % (client, sequence)
 
 
@@ -74,6 +86,8 @@ def answer_bytes(protocol: str, wire: bytes) -> bytes:
         )
     if protocol == "modbus":
         return wire[:4] + bytes.fromhex("0017 01 03 14") + bytes(20)
+    if protocol == IMAGE:
+        return wire[:4] + bytes.fromhex("00fd 01 03 fa") + bytes(250)
     return wire
 
 
@@ -101,11 +115,13 @@ async def measure(
 ) -> float:
     """Seconds per request for `requests` answered requests."""
     connector = MemoryConnector(record=False)
+    image = protocol == IMAGE
     bridge_config = BridgeConfig(
         name="bench",
-        protocol=ProtocolName(protocol),
+        protocol=ProtocolName.MODBUS if image else ProtocolName(protocol),
         target=UNUSED_TARGET,
         listen=(Address("127.0.0.1", 0),),
+        protocol_options=ModbusOptions(cache_ttl=3600.0) if image else None,
     )
     metrics_listen = Address("127.0.0.1", 0) if observing.metrics or observing.capture else None
     app = App(
@@ -133,13 +149,19 @@ async def measure(
         session.connection_made(cast(asyncio.Transport, client))
         sessions.append(session)
     try:
+        if image:
+            # One read fills the image; from then on the target is never asked.
+            sessions[0].data_received(IMAGE_FILL)
+            connection.data_received(answer_bytes(protocol, target.last))
+            answered.clear()
         for index, session in enumerate(sessions):
             session.data_received(request_bytes(protocol, index, 0))
         scrape_every = observing.scrape_every
         listener = app.observability
         started = time.perf_counter()
         for sequence in range(1, requests + 1):
-            connection.data_received(answer_bytes(protocol, target.last))
+            if not image:
+                connection.data_received(answer_bytes(protocol, target.last))
             index = answered.pop()
             sessions[index].data_received(request_bytes(protocol, index, sequence))
             if scrape_every and listener is not None and not sequence % scrape_every:
@@ -148,8 +170,11 @@ async def measure(
         elapsed = time.perf_counter() - started
     finally:
         await app.stop(grace=0.0)
-    if target.writes != requests + 1:
-        raise RuntimeError(f"the target got {target.writes} requests, expected {requests + 1}")
+    expected = 1 if image else requests + 1
+    if target.writes != expected:
+        raise RuntimeError(f"the target got {target.writes} requests, expected {expected}")
+    if image and bridge.metrics.events["image_answers"] != requests + clients:
+        raise RuntimeError("not every read was answered from the image")
     return elapsed / requests
 
 
