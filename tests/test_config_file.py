@@ -410,3 +410,28 @@ def test_a_bad_poll_or_image_setting_is_one_line(
     (line,) = result.stderr.splitlines()
     assert f'{path}: bridge "inverter": ' in line
     assert message in line
+
+
+def test_points_on_a_route_and_a_routes_map_are_found_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "meter.toml").write_text(
+        '[[point]]\nname = "grid_power"\nunit = 2\naddress = 0\ntype = "i32"\nevery = "1s"\n'
+    )
+    path = tmp_path / "site.toml"
+    path.write_text(
+        BRIDGE
+        + 'protocol = "modbus"\ncache-ttl = "2s"\n'
+        + 'route = [{ units = "2", target = "192.0.2.10:502", map = "meter.toml", point = '
+        + '[{ name = "grid_energy", unit = 2, address = 10, type = "u32", every = "1s" }] }]\n'
+    )
+    config = load_config(path)
+    options = config.bridges[0].protocol_options
+    assert isinstance(options, ModbusOptions)
+    (route,) = options.routes
+    assert route.settings["map"].path == str(tmp_path / "meter.toml")
+    assert [point.name for point in route.settings["map"].points] == ["grid_power"]
+    assert [point.name for point in route.settings["point"]] == ["grid_energy"]
+    assert parse_config(render_config(config), str(path)) == config
+    path.write_text(path.read_text().replace('units = "2"', 'units = "3"'))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "point 'grid_power': unit 2 is not one of the route's" in result.stderr

@@ -34,10 +34,12 @@ import pytest
 from tcp_multiplexer import __version__
 from tcp_multiplexer.app import App
 from tcp_multiplexer.observability.status import HISTORY_STEP
+from tcp_multiplexer.observability.values import bridge_readings
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.modbus.device import holding_register_value
 from tcp_multiplexer.protocols.modbus.mbap import transaction_id
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.points import points_value
 from tcp_multiplexer.protocols.modbus.polls import parse_poll
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.server import TargetConfig, TargetServer
@@ -85,6 +87,8 @@ class Page:
     polls: dict[str, dict[str, dict[str, str]]]
     """Per bridge and polled range (``UNIT:TABLE:ADDRESS:COUNT``), the text of its
     `data-poll-field` elements."""
+    points: dict[str, dict[str, dict[str, str]]]
+    """Per bridge and point name, the text of its `data-point-field` elements."""
 
 
 class _PageParser(HTMLParser):
@@ -112,7 +116,7 @@ class _PageParser(HTMLParser):
             assert bridge not in self.bridges, f"bridge {bridge!r} is drawn twice"
             self.bridges.append(bridge)
         client = attr.get("data-client", client)
-        poll = attr.get("data-poll", poll)
+        poll = attr.get("data-poll", attr.get("data-point", poll))
         new: list[Key] = []
         if "id" in attr:
             new.append(("id", attr["id"]))
@@ -122,6 +126,8 @@ class _PageParser(HTMLParser):
             new.append(("client", bridge, client, attr["data-client-field"]))
         if "data-poll-field" in attr and bridge is not None and poll is not None:
             new.append(("poll", bridge, poll, attr["data-poll-field"]))
+        if "data-point-field" in attr and bridge is not None and poll is not None:
+            new.append(("point", bridge, poll, attr["data-point-field"]))
         for key in new:
             assert key not in self.texts, f"{key} appears twice: a test could read either"
             self.texts[key] = ""
@@ -140,7 +146,7 @@ def parse_page(dom: str) -> Page:
     parser = _PageParser()
     parser.feed(dom)
     parser.close()
-    page = Page(parser.state, {}, {name: {} for name in parser.bridges}, {}, {})
+    page = Page(parser.state, {}, {name: {} for name in parser.bridges}, {}, {}, {})
     for key, text in parser.texts.items():
         if key[0] == "id":
             page.ids[key[1]] = text
@@ -148,8 +154,10 @@ def parse_page(dom: str) -> Page:
             page.bridges[key[1]][key[2]] = text
         elif key[0] == "client":
             page.clients.setdefault(key[1], {}).setdefault(key[2], {})[key[3]] = text
-        else:
+        elif key[0] == "poll":
             page.polls.setdefault(key[1], {}).setdefault(key[2], {})[key[3]] = text
+        else:
+            page.points.setdefault(key[1], {}).setdefault(key[2], {})[key[3]] = text
     return page
 
 
@@ -395,16 +403,39 @@ async def test_the_status_page_lists_each_polled_range_of_the_register_image(
             target.port,
             protocol=ProtocolName.MODBUS,
             metrics_listen=Address(LOOPBACK, 0),
-            modbus=ModbusOptions(cache_ttl=1.0, poll=polls),
+            modbus=ModbusOptions(
+                cache_ttl=1.0,
+                poll=polls,
+                point=points_value(
+                    [
+                        {"name": "power", "address": 20, "scale": 0.1, "every": "200ms"},
+                        {
+                            "name": "grid_w",
+                            "address": 21,
+                            "unit-of-measurement": "W",
+                            "not-implemented": holding_register_value(1, 21),
+                            "every": "200ms",
+                        },
+                    ]
+                ),
+            ),
         )
         async with running_app(config) as app, contextlib.AsyncExitStack() as stack:
             browser = stack.enter_context(chromium(tmp_path))
             bridge = app.bridges[BRIDGE]
             await eventually(lambda: bridge.metrics.events["poll_reads"] >= 2, message="polls")
+            await eventually(
+                lambda: bridge_readings(bridge, app.now())["power"].quality == "fresh",
+                message="the point read",
+            )
             assert app.observability is not None
             page = await browser.page(f"http://{LOOPBACK}:{app.observability.port}/")
+    values = page.points[BRIDGE]
+    assert values["power"]["value"] == str(round(holding_register_value(1, 20) * 0.1, 1))
+    assert values["power"]["quality"] == "fresh"
+    assert values["grid_w"]["value"] == "unknown", "the device says it has no value"
     rows = page.polls[BRIDGE]
-    assert sorted(rows) == ["1:holding:0:10", "1:input:100:4"]
+    assert sorted(rows) == ["1:holding:0:10", "1:holding:20:2", "1:input:100:4"]
     for row in rows.values():
         assert row["last_error"] == "none"
         assert row["oldest_age"].endswith(" s"), row

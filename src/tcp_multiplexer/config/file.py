@@ -64,6 +64,28 @@ def _global_values(path: str, document: Mapping[str, Any]) -> dict[str, object]:
     return values
 
 
+def _found(value: object, folder: Path) -> object:
+    """A `map` file name, relative to the config file's folder."""
+    return str(folder / value) if isinstance(value, str) and value.strip() else value
+
+
+def _maps_found(bridge: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """`bridge` with its map file, and its routes', found from the config file's folder
+    (a map named in a file is relative to that file)."""
+    found = dict(bridge)
+    if "map" in found:
+        found["map"] = _found(found["map"], folder)
+    routes = found.get("route")
+    if isinstance(routes, list):
+        found["route"] = [
+            {**route, "map": _found(route["map"], folder)}
+            if isinstance(route, dict) and "map" in route
+            else route
+            for route in routes
+        ]
+    return found
+
+
 def parse_config(
     text: str, path: str = "<config>", overrides: Mapping[str, object] | None = None
 ) -> AppConfig:
@@ -96,6 +118,8 @@ def parse_config(
                 raise ConfigFileError(
                     f"{_where(path, name)}: {required}: every bridge needs a {required}"
                 )
+    folder = Path(path).parent
+    bridges = [_maps_found(bridge, folder) for bridge in bridges]
     global_values = {**_global_values(path, document), **(overrides or {})}
     try:
         return build_app(global_values, bridges, source=path)

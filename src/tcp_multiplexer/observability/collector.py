@@ -191,6 +191,12 @@ class BridgeCollector(Collector):
             "Protocol and gateway events (coalesced, image answers, poll reads...), by name.",
             ["event"],
         )
+        point = GaugeMetricFamily(
+            PREFIX + "point_value",
+            "The bridges' named values (Modbus points), scaled; the unit label is each "
+            "one's unit of measurement (empty: none). Unknown values are left out.",
+            labels=["bridge", "point", "unit"],
+        )
         held = gauge(
             "image_values",
             "Registers, coils and inputs held in the target's register image now (Modbus "
@@ -234,12 +240,20 @@ class BridgeCollector(Collector):
                     events.add_metric([*key, event], count)
                 _add_histogram(latency, key, metrics.latency)
                 _add_histogram(gateway_latency, key, metrics.gateway_latency)
-                if target.background is not None:
-                    image = target.background.gauges(now).get("image_values")
+                background = target.background
+                if background is not None:
+                    image = background.gauges(now).get("image_values")
                     if image is not None:
                         held.add_metric(key, image)
+                    for name, reading in sorted(background.readings(now).items()):
+                        value = reading.value
+                        if isinstance(value, int | float) and not isinstance(value, bool):
+                            unit = reading.unit_of_measurement or ""
+                            point.add_metric([bridge.name, name, unit], float(value))
+                        elif isinstance(value, bool):
+                            point.add_metric([bridge.name, name, ""], float(value))
         yield from (up, connections, attempts, failures, opened, reconnects, requests, answers)
-        yield from (local, gateway, depth, queued, waited, age, events, held)
+        yield from (local, gateway, depth, queued, waited, age, events, held, point)
         yield from (latency, gateway_latency)
 
     def _per_client(self, bridges: Sequence[Bridge]) -> Iterator[Metric]:

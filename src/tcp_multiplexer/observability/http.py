@@ -1,5 +1,6 @@
-"""The observability listener: /metrics, /healthz, /readyz, /api/status, the status page,
-/capture and /capture.pcap, on an address of its own (never a bridge's port).
+"""The observability listener: /metrics, /healthz, /readyz, /api/status, /api/values,
+the status page, /capture and /capture.pcap, on an address of its own (never a bridge's
+port).
 
 A small HTTP/1.1 server on the event loop: each connection gets one answer and is
 closed. Requests are framed by the multiplexer's own HTTP framer, so a bad one is
@@ -26,6 +27,7 @@ from tcp_multiplexer.errors import FramingError, MessageTooLarge
 from tcp_multiplexer.observability.capture import CaptureRing, Transaction, json_lines, pcap
 from tcp_multiplexer.observability.collector import AppView, BridgeCollector
 from tcp_multiplexer.observability.status import History, health, status_document
+from tcp_multiplexer.observability.values import values_answer
 from tcp_multiplexer.options import Address
 from tcp_multiplexer.protocols.http.framing import HttpRequestFramer
 from tcp_multiplexer.transports.tcp import open_listener, socket_name
@@ -117,9 +119,14 @@ class Routes:
                 app.bridges, app.history, now=app.now(), uptime=app.uptime, ready=app.ready
             )
             return _json(200, document)
+        if path == "/api/values" or path.startswith("/api/values/"):
+            status, document = values_answer(app.bridges, path, app.now())
+            return _json(status, document)
         if path in ("/capture", "/capture.pcap"):
             return self._capture(path, query.get("bridge", []))
-        return _text(404, f"no such page: {path} (try /, /metrics, /healthz, /api/status)")
+        return _text(
+            404, f"no such page: {path} (try /, /metrics, /healthz, /api/status, /api/values)"
+        )
 
     def _capture(self, path: str, names: list[str]) -> Answer:
         bridges = self._app.bridges

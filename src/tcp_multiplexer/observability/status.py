@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tcp_multiplexer import __version__
 from tcp_multiplexer.observability.metrics import MetricsSnapshot
+from tcp_multiplexer.observability.values import reading_document
 
 if TYPE_CHECKING:
     from tcp_multiplexer.bridge import Bridge
@@ -176,6 +177,10 @@ def _target_rows(
         if now is not None and background is not None:
             row.update(background.gauges(now))
             row["polls"] = background.rows(now)
+            row["points"] = {
+                name: reading_document(reading)
+                for name, reading in sorted(background.readings(now).items())
+            }
         rows.append(row)
     return rows
 

@@ -97,6 +97,20 @@ class BackgroundContext:
     plan: TargetPlan
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A named value as it stands: what it is, in what unit, how old, and how good."""
+
+    value: int | float | bool | str | None
+    """None: unknown (never read, no longer held, or the device says it has none)."""
+    unit_of_measurement: str | None
+    age: float | None
+    """Seconds since the device was asked for it (None: never)."""
+    quality: str
+    """``fresh`` (younger than the cache TTL), ``stale`` (older, still held) or
+    ``unknown``."""
+
+
 class Background(Protocol):
     """A target's own work besides its clients' requests (Modbus: polls), and what it
     holds, for observability."""
@@ -115,6 +129,10 @@ class Background(Protocol):
 
     def rows(self, now: float) -> list[dict[str, Any]]:
         """One row per thing it does (Modbus: each polled range), for the status page."""
+        ...
+
+    def readings(self, now: float) -> dict[str, Reading]:
+        """Its named values by name (Modbus: the points), as they stand at `now`."""
         ...
 
 

@@ -224,6 +224,28 @@
     return details;
   }
 
+  function pointsTable(targets) {
+    // The bridge's named values (Modbus points), as read from the register image.
+    const points = targets.flatMap((t) => Object.entries(t.points || {}));
+    if (!points.length) return null;
+    const details = el("details", { class: "points", open: true });
+    details.append(el("summary", {}, `Values (${points.length} point${points.length === 1 ? "" : "s"})`));
+    const head = el("tr", {}, ...["Point", "Value", "Age", "Quality"].map((h) => el("th", { scope: "col" }, h)));
+    const shown = (p) => (p.value === null ? "unknown" : `${p.value}${p["unit-of-measurement"] ? ` ${p["unit-of-measurement"]}` : ""}`);
+    const rows = points.map(([name, p]) =>
+      el(
+        "tr",
+        { "data-point": name },
+        el("td", { class: "address" }, name),
+        el("td", { class: "num", "data-point-field": "value" }, shown(p)),
+        el("td", { class: "num", "data-point-field": "age" }, p.age === null ? "never" : `${p.age.toFixed(1)} s`),
+        el("td", { class: p.quality === "fresh" ? "muted" : "bad-text", "data-point-field": "quality" }, p.quality),
+      ),
+    );
+    details.append(el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))));
+    return details;
+  }
+
   function bridgeCard(b) {
     const gatewayTotal = Object.values(b.gateway_answers).reduce((sum, n) => sum + n, 0);
     const facts = el(
@@ -259,7 +281,7 @@
         latencyTile(b.latency_ms || {}, b.history || []),
       ),
       chart(b.history || []),
-      ...[pollsTable(b.targets || [])].filter(Boolean),
+      ...[pointsTable(b.targets || []), pollsTable(b.targets || [])].filter(Boolean),
       clientsTable(b.name, b.clients || []),
     );
   }

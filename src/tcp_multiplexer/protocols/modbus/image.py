@@ -120,10 +120,34 @@ class RegisterImage:
         held = self._exact.get(request[6:12])
         if held is not None and now - held.stamp < limit:
             return request[:2] + held.reply[2:]
-        table = self._tables.get(_table_key(request[6], request[7]))
+        address, count = _RANGE.unpack_from(request, 8)
+        best = self._youngest(request[6], request[7], address, count, now, limit)
+        if best is None:
+            return None
+        function = request[7]
+        values = values_for(function, best, address, count)
+        size = len(values)
+        return request[:2] + _ANSWER_HEAD.pack(0, 3 + size, request[6], function, size) + values
+
+    def values(
+        self, unit: int, function: int, address: int, count: int, now: float, limit: float
+    ) -> tuple[bytes, float] | None:
+        """The values of [address, address + count) from the youngest ONE held answer
+        read less than `limit` seconds before `now` (registers as on the wire, bits
+        packed from the first), and when it was read; None if no answer holds them all."""
+        best = self._youngest(unit, function, address, count, now, limit)
+        if best is None:
+            return None
+        return values_for(function, best, address, count), best.stamp
+
+    def _youngest(
+        self, unit: int, function: int, address: int, count: int, now: float, limit: float
+    ) -> Held | None:
+        """The youngest held answer read less than `limit` before `now` that holds all
+        of [address, address + count)."""
+        table = self._tables.get(_table_key(unit, function))
         if not table:
             return None
-        address, count = _RANGE.unpack_from(request, 8)
         end = address + count
         best: Held | None = None
         for candidate in table:
@@ -134,12 +158,7 @@ class RegisterImage:
                 and (best is None or candidate.stamp > best.stamp)
             ):
                 best = candidate
-        if best is None:
-            return None
-        function = request[7]
-        values = values_for(function, best, address, count)
-        size = len(values)
-        return request[:2] + _ANSWER_HEAD.pack(0, 3 + size, request[6], function, size) + values
+        return best
 
     # ------------------------------------------------------------------ learning
 

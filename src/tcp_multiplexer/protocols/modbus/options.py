@@ -16,6 +16,15 @@ from tcp_multiplexer.protocols.modbus.access import (
     rules_toml,
     rules_value,
 )
+from tcp_multiplexer.protocols.modbus.points import (
+    Point,
+    PointMap,
+    check_points,
+    load_map,
+    map_toml,
+    points_toml,
+    points_value,
+)
 from tcp_multiplexer.protocols.modbus.polls import (
     DEFAULT_MAX_REGISTERS,
     DEFAULT_MERGE_GAP,
@@ -54,6 +63,10 @@ class ModbusOptions:
     """What the bridge reads on its own to keep the image fresh."""
     poll_merge_gap: int = DEFAULT_MERGE_GAP
     poll_max_registers: int = DEFAULT_MAX_REGISTERS
+    point: tuple[Point, ...] = ()
+    """Named values the bridge reads and publishes (config file only)."""
+    map: PointMap | None = None
+    """A map file of points."""
     write_rules: tuple[WriteRule, ...] = ()
     """Who may write what, first match wins (config file only); empty: `read_only`
     for everyone."""
@@ -72,19 +85,46 @@ class ModbusOptions:
                 key="poll-max-registers",
             )
         check_routes(self.routes, self.unit_map)
+        bridge_points = self.points
+        check_points([*bridge_points, *(point for route in self.routes for point in _own(route))])
         routed = {unit for route in self.routes for unit in route.units}
         check_polls((poll for poll in self.poll if poll.unit not in routed), self.cache_ttl)
+        check_polls(
+            (point.poll() for point in bridge_points if point.unit not in routed),
+            self.cache_ttl,
+            "point",
+        )
         for route in self.routes:
             ttl = route.settings.get("cache_ttl", self.cache_ttl)
-            where = f"to {route.target}: poll "
+            where = f"to {route.target}: "
             own = route.settings.get("poll", ())
-            for poll in own:
-                if poll.unit not in route.units:
+            for unit, what in [
+                *((poll.unit, f"poll {poll}") for poll in own),
+                *((point.unit, f"point {point.name!r}") for point in _own(route)),
+            ]:
+                if unit not in route.units:
                     raise ConfigError(
-                        f"{where}{poll}: unit {poll.unit} is not one of the route's", key="route"
+                        f"{where}{what}: unit {unit} is not one of the route's", key="route"
                     )
-            check_polls(own, ttl, "route", where)
+            check_polls(own, ttl, "route", f"{where}poll ")
+            check_polls((point.poll() for point in _own(route)), ttl, "route", where)
             check_polls((poll for poll in self.poll if poll.unit in route.units), ttl)
+            check_polls(
+                (point.poll() for point in bridge_points if point.unit in route.units),
+                ttl,
+                "point",
+            )
+
+    @property
+    def points(self) -> tuple[Point, ...]:
+        """The bridge's own points: its map file's, then its table's."""
+        return (*(self.map.points if self.map is not None else ()), *self.point)
+
+
+def _own(route: Route) -> tuple[Point, ...]:
+    """A route's own points: its map file's, then its table's."""
+    points = route.settings.get("map")
+    return (*(points.points if points is not None else ()), *route.settings.get("point", ()))
 
 
 PATH_FIELDS: Final = (
@@ -94,6 +134,8 @@ PATH_FIELDS: Final = (
     "poll",
     "poll_merge_gap",
     "poll_max_registers",
+    "point",
+    "map",
 )
 """What a route may set for its own target besides timing (routes.SETTINGS)."""
 
@@ -102,7 +144,8 @@ def path_options(
     options: ModbusOptions, keys: frozenset[int] | None, settings: Mapping[str, Any]
 ) -> ModbusOptions:
     """The options one target runs with: its route's `settings` over the bridge's, and
-    the polls of the units it serves (`keys`; None: every unit no route takes)."""
+    the polls and points of the units it serves (`keys`; None: every unit no route
+    takes), each point's poll among the polls."""
     routed = {unit for route in options.routes for unit in route.units}
     polls = tuple(
         poll
@@ -112,7 +155,16 @@ def path_options(
     own = {name: settings[name] for name in PATH_FIELDS if name in settings}
     if "read_only" not in own and options.read_only == DENY:
         own["read_only"] = ""  # the bridge's refusal is its clients' write filter's
-    own["poll"] = polls + tuple(settings.get("poll", ()))
+    points = tuple(
+        point
+        for point in options.points
+        if (point.unit in keys if keys is not None else point.unit not in routed)
+    )
+    own_map = settings.get("map")
+    points += (*(own_map.points if own_map is not None else ()), *settings.get("point", ()))
+    own["point"] = points
+    own["map"] = None
+    own["poll"] = polls + tuple(settings.get("poll", ())) + tuple(point.poll() for point in points)
     return replace(options, routes=(), **own)
 
 
@@ -193,6 +245,25 @@ OPTIONS: Final = (
         render=read_only_toml,
     ),
     Option(
+        "point",
+        "named values the bridge reads and publishes: [[bridge.point]] tables (config file "
+        "only; see docs/publishing.md)",
+        points_value,
+        (),
+        group=IMAGE_GROUP,
+        command_line_too=False,
+        render=points_toml,
+    ),
+    Option(
+        "map",
+        "a TOML file of [[point]] tables (named values; in a config file relative to it)",
+        load_map,
+        None,
+        metavar="FILE",
+        group=IMAGE_GROUP,
+        render=map_toml,
+    ),
+    Option(
         "write-rules",
         "who may write what, matched on the client's address or certificate, first match "
         "wins (config file only; see docs/security.md)",
@@ -243,6 +314,8 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         poll=values["poll"],
         poll_merge_gap=values["poll_merge_gap"],
         poll_max_registers=values["poll_max_registers"],
+        point=values["point"],
+        map=values["map"],
         write_rules=values["write_rules"],
         routes=values["route"],
         unit_map=values["unit_map"],
@@ -260,6 +333,8 @@ def option_values(options: ModbusOptions) -> dict[str, Any]:
         "poll": options.poll,
         "poll-merge-gap": options.poll_merge_gap,
         "poll-max-registers": options.poll_max_registers,
+        "point": options.point,
+        "map": options.map,
         "write-rules": options.write_rules,
         "route": options.routes,
         "unit-map": options.unit_map,

@@ -36,7 +36,7 @@ from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.modbus.polls import TABLE_NAMES, PollRead, plan_reads
-from tcp_multiplexer.protocols.spec import PoolState
+from tcp_multiplexer.protocols.spec import PoolState, Reading
 
 REFUSED_SLOWDOWN: Final = 10
 """A range the device refuses is read this many times less often."""
@@ -105,6 +105,8 @@ class Polling:
         self._clock = clock
         self._log = log
         self._events = events
+        self._points = options.point
+        self._ttl = options.cache_ttl
         self._reads = [
             _Scheduled(read, 0.0)
             for read in plan_reads(options.poll, options.poll_merge_gap, options.poll_max_registers)
@@ -284,3 +286,31 @@ class Polling:
                 }
             )
         return rows
+
+    def readings(self, now: float) -> dict[str, Reading]:
+        """Each point's value from the image: decoded from ONE device answer, scaled
+        (by its scale factor point's value, where it names one)."""
+        image = self._policy.image
+        if image is None or not self._points:
+            return {}
+        raw: dict[str, tuple[int | float | bool | str | None, float | None]] = {}
+        for point in self._points:
+            found = image.values(
+                point.unit, point.function, point.address, point.count, now, image.keep
+            )
+            raw[point.name] = (point.raw(found[0]), found[1]) if found else (None, None)
+        readings = {}
+        for point in self._points:
+            value, stamp = raw[point.name]
+            factor: float | None = None
+            if isinstance(point.scale, str):
+                scale_value = raw[point.scale][0]
+                factor = float(scale_value) if isinstance(scale_value, int) else None
+            scaled = point.scaled(value, factor)
+            age = None if stamp is None else max(0.0, now - stamp)
+            if scaled is None or age is None:
+                quality = "unknown"
+            else:
+                quality = "fresh" if age < self._ttl else "stale"
+            readings[point.name] = Reading(scaled, point.unit_of_measurement, age, quality)
+        return readings

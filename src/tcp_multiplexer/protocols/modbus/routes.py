@@ -31,6 +31,7 @@ from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import count_value, duration_value, format_duration
 from tcp_multiplexer.profiles import get_profile
 from tcp_multiplexer.protocols.modbus.access import read_only_toml, read_only_value
+from tcp_multiplexer.protocols.modbus.points import load_map, map_toml, points_toml, points_value
 from tcp_multiplexer.protocols.modbus.polls import polls_toml, setting_value
 from tcp_multiplexer.target import Target, TargetPlan, target_url_value
 
@@ -50,6 +51,8 @@ SETTINGS: Final = {
     "poll": setting_value,
     "poll-merge-gap": count_value(0),
     "poll-max-registers": count_value(1),
+    "point": points_value,
+    "map": load_map,
 }
 """What a route's table may set for its target (else the bridge's value)."""
 _ROUTE_KEYS: Final = frozenset({"units", "target", "unit-map", "profile", *SETTINGS})
@@ -269,6 +272,10 @@ def units_text(units: Iterable[int]) -> str:
 def _setting_toml(key: str, value: Any) -> str:
     if key == "poll":
         return polls_toml(value)
+    if key == "point":
+        return points_toml(value)
+    if key == "map":
+        return map_toml(value)
     if key == "read-only":
         return read_only_toml(value)
     if SETTINGS[key] is duration_value:
