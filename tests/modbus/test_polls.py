@@ -14,7 +14,8 @@ from tcp_multiplexer.protocols.modbus import SPEC as MODBUS
 from tcp_multiplexer.protocols.modbus.codec import ModbusClientCodec
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import exception_response
-from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.options import ModbusOptions, path_options
+from tcp_multiplexer.protocols.modbus.points import points_value
 from tcp_multiplexer.protocols.modbus.polling import Polling
 from tcp_multiplexer.protocols.modbus.polls import Poll, PollRead, parse_poll, plan_reads
 from tcp_multiplexer.testing import VirtualClock
@@ -135,11 +136,13 @@ class PollPool(FakePool):
 class PollRig:
     """A dispatcher, its Modbus policy and a poller over a fake pool, on a virtual clock."""
 
-    def __init__(self, *polls: str, ttl: float = 10.0) -> None:
+    def __init__(self, *polls: str, ttl: float = 10.0, options: ModbusOptions | None = None):
         self.clock = VirtualClock()
         self.events = MODBUS.new_events()
         self.metrics = TargetMetrics(self.events)
-        self.options = ModbusOptions(cache_ttl=ttl, poll=tuple(poll(text) for text in polls))
+        self.options = options or ModbusOptions(
+            cache_ttl=ttl, poll=tuple(poll(text) for text in polls)
+        )
         self.policy = ModbusGatewayPolicy(
             self.options, self.events, self.clock, LOG, timeout=TIMEOUT
         )
@@ -310,3 +313,26 @@ async def test_the_rows_say_each_reads_interval_oldest_value_and_last_error() ->
     assert (row["address"], row["count"], row["every"], row["last_error"]) == (0, 10, 1.0, None)
     assert row["oldest_age"] == pytest.approx(0.5)
     assert rig.polling.gauges(rig.clock.time()) == {"image_values": 10.0}
+
+
+async def test_points_are_fresh_then_stale_while_held_then_unknown() -> None:
+    points = points_value(
+        [
+            {"name": "power", "address": 0, "type": "i16", "scale": "power_sf", "every": "1s"},
+            {"name": "power_sf", "address": 1, "type": "i16", "every": "1s"},
+        ]
+    )
+    options = ModbusOptions(cache_ttl=2.0, serve_stale=10.0, point=points)
+    rig = PollRig(options=path_options(options, None, {}))  # the points' polls with them
+    rig.polling.start()
+    rig.clock.advance(0)
+    assert rig.polling.readings(rig.clock.time())["power"].quality == "unknown", "not read yet"
+    rig.answer(registers_answer(0, 1, [1234, 0xFFFE]))  # 1234 x 10^-2
+    reading = rig.polling.readings(rig.clock.time())["power"]
+    assert (reading.value, reading.quality, reading.age) == (12.34, "fresh", 0.0)
+    rig.polling.stop()
+    rig.clock.advance(2.0)
+    assert rig.polling.readings(rig.clock.time())["power"].quality == "stale"
+    rig.clock.advance(8.0)
+    gone = rig.polling.readings(rig.clock.time())["power"]
+    assert (gone.value, gone.quality, gone.age) == (None, "unknown", None)
