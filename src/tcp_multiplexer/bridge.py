@@ -523,7 +523,7 @@ class Bridge:
                         queue_size=config.queue_size, policy=kept.dispatcher.policy
                     )
                 view = replace(kept.view, units=_units(plans, plan), background=background)
-                paths.append(replace(kept, view=view, plan=plan))
+                paths.append(replace(kept, view=view))
                 continue
             same_target = next((path for path in available if path.target == plan.target), None)
             path = build_path(

@@ -97,7 +97,6 @@ class TargetPath:
     target: Target
     identity: object
     """What its connections depend on (`path_identity`)."""
-    plan: TargetPlan
 
     @property
     def background(self) -> Background | None:
@@ -307,9 +306,7 @@ def build_path(
         units,
         build_background(config, plan, services, dispatcher, pool),
     )
-    return TargetPath(
-        connector, pool, dispatcher, view, target, path_identity(config, plan, spec), plan
-    )
+    return TargetPath(connector, pool, dispatcher, view, target, path_identity(config, plan, spec))
 
 
 def build_router(

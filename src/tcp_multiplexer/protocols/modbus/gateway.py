@@ -124,15 +124,12 @@ class ModbusGatewayPolicy:
             self._generation = previous._generation
             self._writes = previous._writes
             if self._image is not None and previous._image is not None:
-                self._image = previous._image.with_keep(keep)
+                self._image = previous._image
+                self._image.keep = keep
 
     @property
     def image(self) -> RegisterImage | None:
         return self._image
-
-    @property
-    def ttl(self) -> float:
-        return self._ttl
 
     def admit(self, request: Request) -> bytes | None:
         payload = request.payload

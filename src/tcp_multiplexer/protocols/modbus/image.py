@@ -105,12 +105,12 @@ class RegisterImage:
 
     @property
     def keep(self) -> float:
+        """How long answers are kept (a reload may change it)."""
         return self._keep
 
-    def with_keep(self, keep: float) -> RegisterImage:
-        """This image, now keeping answers `keep` seconds (a reload that changed it)."""
+    @keep.setter
+    def keep(self, keep: float) -> None:
         self._keep = keep
-        return self
 
     # ------------------------------------------------------------------ answering
 

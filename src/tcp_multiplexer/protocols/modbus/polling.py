@@ -113,8 +113,6 @@ class Polling:
         ]
         self._timer: TimerHandle | None = None
         self._running = False
-        self._by_request: dict[int, _Scheduled] = {}
-        self.name = "the bridge's poller"
 
     @property
     def reads(self) -> list[PollRead]:
@@ -179,7 +177,6 @@ class Polling:
         request = Request(self, payload, now)
         request.priority = Priority.BACKGROUND
         scheduled.request = request
-        self._by_request[id(request)] = scheduled
         self._events["poll_reads"] += 1
         if read.merged:
             self._events["merged_reads"] += 1
@@ -188,9 +185,9 @@ class Polling:
     # ------------------------------------------------------------------ RequestOwner
 
     def request_done(self, request: Request) -> None:
-        scheduled = self._by_request.pop(id(request), None)
-        if scheduled is None or scheduled.request is not request:
-            return
+        scheduled = next((each for each in self._reads if each.request is request), None)
+        if scheduled is None:
+            return  # a read the plan no longer has
         scheduled.request = None
         answer = request.answer
         now = self._clock.time()
