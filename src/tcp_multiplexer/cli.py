@@ -193,6 +193,7 @@ def build_parser() -> OneLineErrorParser:
     """The whole command line."""
     import tcp_multiplexer.demo as demo
     import tcp_multiplexer.fetch as fetch
+    import tcp_multiplexer.sunspec_cli as sunspec_cli
     import tcp_multiplexer.targets.cli as targets_cli
 
     parser = OneLineErrorParser(
@@ -227,6 +228,7 @@ def build_parser() -> OneLineErrorParser:
         help="list the device profiles (--profile): what each sets and why",
     )
     commands.add_parser("version", help="print the version")
+    sunspec_cli.add_parser(commands)
     targets_cli.add_parser(commands)
     commands.choices["example-server"].set_defaults(handler=targets_cli.run)
     demo.add_parser(commands)

@@ -41,6 +41,12 @@ from tcp_multiplexer.protocols.modbus.routes import (
     unit_map_toml,
     unit_pair,
 )
+from tcp_multiplexer.protocols.modbus.sunspec import (
+    PUBLISH_EXTRA,
+    units_toml,
+    units_value,
+)
+from tcp_multiplexer.protocols.modbus.sunspec import available as sunspec_available
 
 GROUP: Final = "modbus gateway"
 IMAGE_GROUP: Final = "modbus register image: read the device once for every client"
@@ -67,6 +73,8 @@ class ModbusOptions:
     """Named values the bridge reads and publishes (config file only)."""
     map: PointMap | None = None
     """A map file of points."""
+    sunspec: tuple[int, ...] = ()
+    """Units to scan for SunSpec models at start, and publish what they hold."""
     write_rules: tuple[WriteRule, ...] = ()
     """Who may write what, first match wins (config file only); empty: `read_only`
     for everyone."""
@@ -85,6 +93,8 @@ class ModbusOptions:
                 key="poll-max-registers",
             )
         check_routes(self.routes, self.unit_map)
+        if self.sunspec:
+            self._check_sunspec()
         bridge_points = self.points
         check_points([*bridge_points, *(point for route in self.routes for point in _own(route))])
         routed = {unit for route in self.routes for unit in route.units}
@@ -114,6 +124,21 @@ class ModbusOptions:
                 ttl,
                 "point",
             )
+
+    def _check_sunspec(self) -> None:
+        if not sunspec_available():
+            raise ConfigError(f"needs pysunspec2: {PUBLISH_EXTRA}", key="sunspec")
+        for unit in self.sunspec:
+            route = next((route for route in self.routes if unit in route.units), None)
+            ttl = (
+                self.cache_ttl if route is None else route.settings.get("cache_ttl", self.cache_ttl)
+            )
+            if not ttl:
+                raise ConfigError(
+                    f"unit {unit}: its models are read into the register image: set cache-ttl "
+                    "too (10s, say)",
+                    key="sunspec",
+                )
 
     @property
     def points(self) -> tuple[Point, ...]:
@@ -165,6 +190,11 @@ def path_options(
     own["point"] = points
     own["map"] = None
     own["poll"] = polls + tuple(settings.get("poll", ())) + tuple(point.poll() for point in points)
+    own["sunspec"] = tuple(
+        unit
+        for unit in options.sunspec
+        if (unit in keys if keys is not None else unit not in routed)
+    )
     return replace(options, routes=(), **own)
 
 
@@ -264,6 +294,18 @@ OPTIONS: Final = (
         render=map_toml,
     ),
     Option(
+        "sunspec",
+        "scan these units for SunSpec models once the target answers (alone: unit 1; "
+        "or UNITS such as 1,240) and publish their values as points (needs --cache-ttl "
+        f"and the publish extra: {PUBLISH_EXTRA})",
+        units_value,
+        (),
+        metavar="UNITS",
+        bare="1",
+        group=IMAGE_GROUP,
+        render=units_toml,
+    ),
+    Option(
         "write-rules",
         "who may write what, matched on the client's address or certificate, first match "
         "wins (config file only; see docs/security.md)",
@@ -316,6 +358,7 @@ def make_options(values: Mapping[str, Any]) -> ModbusOptions:
         poll_max_registers=values["poll_max_registers"],
         point=values["point"],
         map=values["map"],
+        sunspec=values["sunspec"],
         write_rules=values["write_rules"],
         routes=values["route"],
         unit_map=values["unit_map"],
@@ -335,6 +378,7 @@ def option_values(options: ModbusOptions) -> dict[str, Any]:
         "poll-max-registers": options.poll_max_registers,
         "point": options.point,
         "map": options.map,
+        "sunspec": options.sunspec,
         "write-rules": options.write_rules,
         "route": options.routes,
         "unit-map": options.unit_map,

@@ -14,9 +14,10 @@ A bridge (or a route) declares points in its config table or in a map file it na
     state-class = "measurement"
     every = "5s"                     # how often it is read (a poll; default 5 s)
 
-Also `length` (registers, for strings), `word-order` (big, the default, or little:
-the last register first), `not-implemented` (the raw value that means "no value", as
-SunSpec's 0x8000 for an i16), and for holding registers and coils `writable = true`
+Also `label` (what it is called where it is shown), `length` (registers, for
+strings), `word-order` (big, the default, or little: the last register first),
+`not-implemented` (the raw value that means "no value", as SunSpec's 0x8000 for an
+i16), and for holding registers and coils `writable = true`
 with `min` and `max`. Each point becomes a poll of its registers, merged with the
 others; its value is decoded from ONE device answer in the register image, never from
 registers read at different moments.
@@ -73,6 +74,7 @@ _KEYS: Final = frozenset(
         "min",
         "max",
         "not-implemented",
+        "label",
     }
 )
 _POINT_HEADER: Final = re.compile(r"^[ \t]*\[\[[ \t]*point[ \t]*\]\]", re.MULTILINE)
@@ -103,6 +105,9 @@ class Point:
     minimum: float | None = None
     maximum: float | None = None
     not_implemented: int | None = None
+    label: str | None = None
+    """What it is called where it is shown (Home Assistant's entity name); its name if
+    None."""
 
     @property
     def function(self) -> int:
@@ -290,6 +295,7 @@ def _point(value: Mapping[str, object]) -> Point:
         minimum=minimum,
         maximum=maximum,
         not_implemented=missing,
+        label=_optional_text(value, "label"),
     )
     if address + point.count > 65536:
         raise ConfigError("its registers run past address 65535")
@@ -392,9 +398,24 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def map_text(points: Iterable[Point], header: Sequence[str] = ()) -> str:
+    """A map file holding `points` as [[point]] tables, after `header` as comments."""
+    lines = [f"# {line}".rstrip() for line in header]
+    for point in points:
+        lines += ["", "[[point]]", *_point_parts(point)]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def _point_toml(point: Point) -> str:
-    parts = [
-        f"name = {_quoted(point.name)}",
+    return "{ " + ", ".join(_point_parts(point)) + " }"
+
+
+def _point_parts(point: Point) -> list[str]:
+    """The point's keys as TOML ``key = value`` pairs."""
+    parts = [f"name = {_quoted(point.name)}"]
+    if point.label is not None:
+        parts.append(f"label = {_quoted(point.label)}")
+    parts += [
         f"unit = {point.unit}",
         f"table = {_quoted(point.table)}",
         f"address = {point.address}",
@@ -423,4 +444,4 @@ def _point_toml(point: Point) -> str:
         parts.append(f"max = {point.maximum!r}")
     if point.not_implemented is not None:
         parts.append(f"not-implemented = {point.not_implemented}")
-    return "{ " + ", ".join(parts) + " }"
+    return parts

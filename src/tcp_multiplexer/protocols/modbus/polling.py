@@ -13,6 +13,11 @@ A merged read the device refuses with exception 0x02 (a hole in its register map
 read in its separate ranges from then on (logged once at NOTICE); a single range it
 refuses is read at a tenth of its pace until it answers again (each refusal logged
 once).
+
+With `sunspec` units, the poller first scans each of them for SunSpec models (one read
+at a time, in the background round, once a connection is up; a scan that gets no
+answer is tried again after `SCAN_RETRY`), then polls the points of the models it found
+like declared ones (sunspec.py names them).
 """
 
 from __future__ import annotations
@@ -35,9 +40,19 @@ from tcp_multiplexer.options import format_duration
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
+from tcp_multiplexer.protocols.modbus.points import Point
 from tcp_multiplexer.protocols.modbus.polls import TABLE_NAMES, PollRead, plan_reads
+from tcp_multiplexer.protocols.modbus.sunspec import (
+    SunSpecDevice,
+    every_for,
+    model_points,
+    scan_summary,
+)
+from tcp_multiplexer.protocols.modbus.sunspec_scan import SunSpecScan
 from tcp_multiplexer.protocols.spec import PoolState, Reading
 
+SCAN_RETRY: Final = 30.0
+"""Seconds before a SunSpec scan that got no answer is tried again."""
 REFUSED_SLOWDOWN: Final = 10
 """A range the device refuses is read this many times less often."""
 _NOT_ANSWERED: Final = frozenset(
@@ -107,12 +122,20 @@ class Polling:
         self._events = events
         self._points = options.point
         self._ttl = options.cache_ttl
+        self._merge_gap = options.poll_merge_gap
+        self._max_registers = options.poll_max_registers
         self._reads = [
             _Scheduled(read, 0.0)
             for read in plan_reads(options.poll, options.poll_merge_gap, options.poll_max_registers)
         ]
         self._timer: TimerHandle | None = None
         self._running = False
+        self._to_scan = list(options.sunspec)
+        """SunSpec units not scanned yet."""
+        self._scan: SunSpecScan | None = None
+        self._scan_due = 0.0
+        self.devices: dict[int, SunSpecDevice] = {}
+        """The SunSpec devices found, by unit."""
 
     @property
     def reads(self) -> list[PollRead]:
@@ -122,13 +145,15 @@ class Polling:
     # ------------------------------------------------------------------ life
 
     def start(self) -> None:
-        """Begin: every read falls due at once (once a target connection is up)."""
-        if self._running or not self._reads:
+        """Begin: every read (and a scan) falls due at once (once a target connection
+        is up)."""
+        if self._running or not (self._reads or self._to_scan):
             return
         self._running = True
         now = self._clock.time()
         for scheduled in self._reads:
             scheduled.due = now
+        self._scan_due = now
         self._arm(now)
 
     def stop(self) -> None:
@@ -137,11 +162,19 @@ class Polling:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._scan is not None:
+            self._scan.stop()
+            self._scan = None
 
     def _arm(self, now: float) -> None:
-        if not self._running or not self._reads:
+        if not self._running:
             return
-        due = min(scheduled.due for scheduled in self._reads)
+        dues = [scheduled.due for scheduled in self._reads]
+        if self._to_scan and self._scan is None:
+            dues.append(self._scan_due)
+        if not dues:
+            return
+        due = min(dues)
         timer = self._timer
         if timer is not None:
             if timer.when() <= due:
@@ -156,6 +189,11 @@ class Polling:
         now = self._clock.time()
         pool = self._pool
         up = pool.connections > 0 and not pool.closing
+        if self._to_scan and self._scan is None and self._scan_due <= now:
+            if up:
+                self._start_scan()
+            else:
+                self._scan_due = now + 1.0  # look again once the connection may be up
         for scheduled in list(self._reads):
             if scheduled.due > now:
                 continue
@@ -181,6 +219,56 @@ class Polling:
         if read.merged:
             self._events["merged_reads"] += 1
         self._dispatch.submit(request)
+
+    # ------------------------------------------------------------------ SunSpec
+
+    def _start_scan(self) -> None:
+        unit = self._to_scan[0]
+        self._scan = SunSpecScan(self._dispatch, self._clock, unit, self._scanned)
+        self._scan.start()
+
+    def _scanned(self, device: SunSpecDevice | None, error: str) -> None:
+        scan = self._scan
+        self._scan = None
+        if scan is None:
+            return
+        now = self._clock.time()
+        unit = scan.unit
+        if scan.unanswered:
+            self._scan_due = now + SCAN_RETRY
+            self._log.warning(
+                "SunSpec scan of unit %d: %s; trying again in %s",
+                unit,
+                error,
+                format_duration(SCAN_RETRY),
+            )
+            self._arm(now)
+            return
+        self._to_scan.remove(unit)
+        if device is None:
+            self._log.warning("SunSpec scan of unit %d: %s; nothing published", unit, error)
+        else:
+            self.devices[unit] = device
+            prefix = "" if unit == 1 else f"u{unit}_"
+            added = self._add_points(model_points(device, every_for(self._ttl), prefix=prefix), now)
+            self._log.log(NOTICE, "%s", scan_summary(device, added))
+        self._scan_due = now
+        self._arm(now)
+
+    def _add_points(self, found: list[Point], now: float) -> int:
+        """Poll and publish the points a scan found (but a declared point keeps its
+        name)."""
+        taken = {point.name for point in self._points}
+        fresh = [point for point in found if point.name not in taken]
+        if len(fresh) < len(found):
+            self._log.warning(
+                "SunSpec: %d point name(s) are declared already; those keep their declaration",
+                len(found) - len(fresh),
+            )
+        self._points = (*self._points, *fresh)
+        reads = plan_reads([point.poll() for point in fresh], self._merge_gap, self._max_registers)
+        self._reads.extend(_Scheduled(read, now) for read in reads)
+        return len(fresh)
 
     # ------------------------------------------------------------------ RequestOwner
 
@@ -301,7 +389,7 @@ class Polling:
             value, stamp = raw[point.name]
             factor: float | None = None
             if isinstance(point.scale, str):
-                scale_value = raw[point.scale][0]
+                scale_value = raw.get(point.scale, (None, None))[0]
                 factor = float(scale_value) if isinstance(scale_value, int) else None
             scaled = point.scaled(value, factor)
             age = None if stamp is None else max(0.0, now - stamp)
