@@ -19,7 +19,7 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tcp_multiplexer.bridge import Bridge
 from tcp_multiplexer.config.model import AppConfig, BridgeConfig
@@ -31,6 +31,9 @@ from tcp_multiplexer.logs import NOTICE, BridgeLog, setup_logging
 from tcp_multiplexer.observability.http import ObservabilityListener
 from tcp_multiplexer.observability.status import History
 from tcp_multiplexer.options import Address, listen_clash
+
+if TYPE_CHECKING:
+    from tcp_multiplexer.publishing.mqtt import Publishing
 from tcp_multiplexer.supervise import Supervisor
 from tcp_multiplexer.systemd import SystemdNotifier
 
@@ -102,6 +105,8 @@ class App:
         self._history_task: asyncio.Task[None] | None = None
         self.ready = False
         """True once every listener is open (/readyz)."""
+        self.publishing: Publishing | None = None
+        """The bridges' points on the MQTT broker, if one is configured."""
         self._started_at = self._clock.time()
 
     # ------------------------------------------------------------------ BridgeServices
@@ -174,7 +179,29 @@ class App:
             await self.stop(grace=0.0)
             raise
         self._start_metrics_line()
+        self._start_publishing()
         self.ready = True
+
+    def _start_publishing(self) -> None:
+        """Publish the bridges' points to the MQTT broker, if one is configured."""
+        settings = self.config.mqtt_settings
+        if settings is None:
+            return
+        from tcp_multiplexer.publishing.mqtt import Publishing  # the publish extra
+
+        self.publishing = Publishing(settings, lambda: self.bridges, self._clock)
+        self.publishing.sync()
+
+    async def _reload_publishing(self) -> None:
+        """Follow the reloaded bridges; reconnect if the [mqtt] settings changed."""
+        publishing = self.publishing
+        if publishing is not None and publishing.settings == self.config.mqtt_settings:
+            publishing.sync()
+            return
+        if publishing is not None:
+            self.publishing = None
+            await publishing.stop()
+        self._start_publishing()
 
     async def _open_observability(self, address: Address | None) -> None:
         """Open the metrics, health and status listener (none if `address` is None).
@@ -246,6 +273,9 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Drain every bridge at once, each bounded by its timeout (or `grace`)."""
         self.ready = False
+        if self.publishing is not None:
+            publishing, self.publishing = self.publishing, None
+            await publishing.stop()
         if self.observability is not None:
             self.observability.close()
             self.observability = None
@@ -301,6 +331,7 @@ class App:
         self._poller.window = new.busy_poll
         setup_logging(new.log_level, new.log_format)
         self._start_metrics_line()
+        await self._reload_publishing()
         self.reloads += 1
 
     async def _replace_observability(self, address: Address | None) -> None:

@@ -375,13 +375,18 @@ class Bridge:
         self._log_refusal(f"client {format_peer(peer)}", "tls", reason)
 
     def filter_for(self, transport: asyncio.BaseTransport) -> RequestFilter | None:
-        spec = self._spec
-        if spec.client_filter is None:
-            return None
         tls = peer_identity(transport.get_extra_info("ssl_object"))
         identity = ClientIdentity(
             client_address(transport.get_extra_info("peername")), tls.names, tls.roles
         )
+        return self.filter_for_identity(identity)
+
+    def filter_for_identity(self, identity: ClientIdentity) -> RequestFilter | None:
+        """What a client who is `identity` may ask (None: anything); also for the
+        bridge's internal clients (MQTT commands, as the client named ``mqtt``)."""
+        spec = self._spec
+        if spec.client_filter is None:
+            return None
         return spec.client_filter(self.config.protocol_options, identity, self._events)
 
     def reload_tls(self) -> None:

@@ -18,6 +18,7 @@ from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Option, index_options
 from tcp_multiplexer.profiles import get_profile
 from tcp_multiplexer.protocols.registry import get_spec
+from tcp_multiplexer.publishing.settings import PUBLISH_EXTRA, aiomqtt_available, read_password
 from tcp_multiplexer.transports.serial import serial_available
 from tcp_multiplexer.transports.tls import client_context, server_context
 
@@ -189,5 +190,32 @@ def build_app(
         metrics_listen=read["metrics_listen"],
         metrics_per_client=read["metrics_per_client"],
         capture=read["capture"],
+        **_mqtt_fields(read),
         source=source,
     )
+
+
+def _mqtt_fields(read: Mapping[str, Any]) -> dict[str, Any]:
+    """The [mqtt] settings, the password read (never shown), the extra checked.
+
+    Raises:
+        ConfigError: the password file cannot be read, or aiomqtt is not installed.
+    """
+    fields = {
+        name: read[name]
+        for name in (
+            "mqtt",
+            "mqtt_ca_file",
+            "mqtt_username",
+            "mqtt_password_file",
+            "mqtt_client_id",
+            "mqtt_base_topic",
+            "mqtt_discovery_prefix",
+            "mqtt_discovery",
+        )
+    }
+    if read["mqtt"] is not None:
+        if not aiomqtt_available():
+            raise ConfigError(f"needs aiomqtt: {PUBLISH_EXTRA}", key="mqtt")
+        fields["mqtt_password"] = read_password(read["mqtt_password_file"])
+    return fields

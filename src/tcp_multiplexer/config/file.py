@@ -60,12 +60,18 @@ def _global_values(path: str, document: Mapping[str, Any]) -> dict[str, object]:
             option = by_place.get((table, key.replace("_", "-")))
             if option is None:
                 raise ConfigFileError(f"{path}: [{table}] {key}: unknown key")
+            if option.key in _FILE_KEYS:
+                value = _found(value, Path(path).parent)
             values[option.key] = value
     return values
 
 
+_FILE_KEYS: Final = frozenset({"mqtt-password-file", "mqtt-ca-file"})
+"""Global settings naming a file: relative to the config file, as a map is."""
+
+
 def _found(value: object, folder: Path) -> object:
-    """A `map` file name, relative to the config file's folder."""
+    """A file name (a `map`, a password file), relative to the config file's folder."""
     return str(folder / value) if isinstance(value, str) and value.strip() else value
 
 

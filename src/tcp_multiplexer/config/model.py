@@ -15,6 +15,7 @@ from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.options import Address, Network, listen_clash, parse_listen
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.protocols.spec import ProtocolName
+from tcp_multiplexer.publishing.settings import MqttSettings
 from tcp_multiplexer.target import Target, TargetPlan, parse_target_url
 
 DEFAULT_PROTOCOL: Final = ProtocolName.ECHO
@@ -36,6 +37,9 @@ DEFAULT_LOG_LEVEL: Final = "notice"
 LOG_LEVELS: Final = ("warning", "notice", "info", "debug")
 DEFAULT_LOG_FORMAT: Final = "plain"
 LOG_FORMATS: Final = ("plain", "json")
+DEFAULT_MQTT_CLIENT_ID: Final = "tcp-multiplexer"
+DEFAULT_MQTT_BASE_TOPIC: Final = "tcp-multiplexer"
+DEFAULT_MQTT_DISCOVERY_PREFIX: Final = "homeassistant"
 MAX_CAPTURE: Final = 100_000
 """Transactions a bridge may keep for /capture: a few hundred bytes each."""
 MAX_INFLIGHT_LIMIT: Final = 1024
@@ -193,8 +197,36 @@ class AppConfig:
     """Metrics per client address too (at most 1,000, the rest as "other")."""
     capture: int = 0
     """Transactions each bridge keeps for /capture (0: off)."""
+    mqtt: str | None = None
+    """The MQTT broker the bridges' points are published to (mqtt:// or mqtts:// URL);
+    None: no MQTT."""
+    mqtt_ca_file: str | None = None
+    mqtt_username: str | None = None
+    mqtt_password_file: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False, compare=False)
+    """From `mqtt_password_file` or TCP_MULTIPLEXER_MQTT_PASSWORD; never shown."""
+    mqtt_client_id: str = DEFAULT_MQTT_CLIENT_ID
+    mqtt_base_topic: str = DEFAULT_MQTT_BASE_TOPIC
+    mqtt_discovery_prefix: str = DEFAULT_MQTT_DISCOVERY_PREFIX
+    mqtt_discovery: bool = True
     source: str | None = None
     """The config file it was read from; None: the command line alone."""
+
+    @property
+    def mqtt_settings(self) -> MqttSettings | None:
+        """Where and how the bridges publish (None: they do not)."""
+        if self.mqtt is None:
+            return None
+        return MqttSettings(
+            self.mqtt,
+            self.mqtt_ca_file,
+            self.mqtt_username,
+            self.mqtt_password,
+            self.mqtt_client_id,
+            self.mqtt_base_topic,
+            self.mqtt_discovery_prefix,
+            self.mqtt_discovery,
+        )
 
     def __post_init__(self) -> None:
         if self.log_level not in LOG_LEVELS:
@@ -211,6 +243,17 @@ class AppConfig:
             raise ConfigError("must not be negative", key="capture")
         if self.capture > MAX_CAPTURE:
             raise ConfigError(f"must be at most {MAX_CAPTURE}", key="capture")
+        if self.mqtt is None:
+            given: tuple[tuple[str, str | None, str | None], ...] = (
+                ("mqtt-ca-file", self.mqtt_ca_file, None),
+                ("mqtt-username", self.mqtt_username, None),
+                ("mqtt-password-file", self.mqtt_password_file, None),
+                ("mqtt-client-id", self.mqtt_client_id, DEFAULT_MQTT_CLIENT_ID),
+                ("mqtt-base-topic", self.mqtt_base_topic, DEFAULT_MQTT_BASE_TOPIC),
+            )
+            for setting, text, default in given:
+                if text != default:
+                    raise ConfigError("is set, but no MQTT broker is: give mqtt's url", key=setting)
         if self.capture and self.metrics_listen is None:
             raise ConfigError(
                 "needs a metrics listener (metrics-listen) to serve it", key="capture"

@@ -20,6 +20,7 @@ from tcp_multiplexer.options import (
 )
 from tcp_multiplexer.profiles import profile_value
 from tcp_multiplexer.protocols.registry import SPECS, get_spec, protocol_names
+from tcp_multiplexer.publishing.settings import mqtt_url_value, switch_value, topic_value
 from tcp_multiplexer.target import target_url_value
 
 
@@ -44,6 +45,7 @@ LOG_GROUP: Final = "logging"
 ACCESS_GROUP: Final = "who may connect"
 TLS_GROUP: Final = "TLS (certificates and keys are reread on SIGHUP)"
 OBSERVE_GROUP: Final = "metrics, health, status page and capture"
+MQTT_GROUP: Final = "publishing to MQTT and Home Assistant (config file: [mqtt])"
 
 BRIDGE_OPTIONS: Final = (
     Option(
@@ -368,6 +370,101 @@ GLOBAL_OPTIONS: Final = (
         group=OBSERVE_GROUP,
         scope=Scope.GLOBAL,
         table="metrics",
+    ),
+    Option(
+        "mqtt",
+        "publish every bridge's points to this MQTT broker: mqtt://HOST[:PORT] or "
+        "mqtts://HOST[:PORT] (TLS), with Home Assistant discovery; beside --config it "
+        "wins over the file's [mqtt] url (needs the publish extra) (default: off)",
+        mqtt_url_value,
+        None,
+        metavar="URL",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="url",
+    ),
+    Option(
+        "mqtt-ca-file",
+        "the CA certificates an mqtts:// broker's certificate is checked against "
+        "(default: the system's)",
+        text_value,
+        None,
+        metavar="FILE",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="ca-file",
+    ),
+    Option(
+        "mqtt-username",
+        "the broker user; its password comes from --mqtt-password-file or the "
+        "environment variable TCP_MULTIPLEXER_MQTT_PASSWORD, never from the command line",
+        text_value,
+        None,
+        metavar="NAME",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="username",
+    ),
+    Option(
+        "mqtt-password-file",
+        "a file holding the broker password (its first line)",
+        text_value,
+        None,
+        metavar="FILE",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="password-file",
+    ),
+    Option(
+        "mqtt-client-id",
+        "the MQTT client id; each bridge connects as ID-BRIDGE "
+        f"(default: {model.DEFAULT_MQTT_CLIENT_ID})",
+        text_value,
+        model.DEFAULT_MQTT_CLIENT_ID,
+        metavar="ID",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="client-id",
+    ),
+    Option(
+        "mqtt-base-topic",
+        "states go to BASE/BRIDGE/POINT, commands to BASE/BRIDGE/POINT/set "
+        f"(default: {model.DEFAULT_MQTT_BASE_TOPIC})",
+        topic_value,
+        model.DEFAULT_MQTT_BASE_TOPIC,
+        metavar="BASE",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="base-topic",
+    ),
+    Option(
+        "mqtt-discovery-prefix",
+        "where Home Assistant looks for discovery configs "
+        f"(default: {model.DEFAULT_MQTT_DISCOVERY_PREFIX})",
+        topic_value,
+        model.DEFAULT_MQTT_DISCOVERY_PREFIX,
+        metavar="PREFIX",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="discovery-prefix",
+    ),
+    Option(
+        "mqtt-discovery",
+        "announce a Home Assistant device per bridge and an entity per point (default: true)",
+        switch_value,
+        True,
+        metavar="true|false",
+        group=MQTT_GROUP,
+        scope=Scope.GLOBAL,
+        table="mqtt",
+        file_key="discovery",
     ),
     Option(
         "busy-poll",

@@ -111,6 +111,25 @@ class Reading:
     ``unknown``."""
 
 
+@dataclass(frozen=True, slots=True)
+class PointInfo:
+    """What a named value is, for those who publish it (Home Assistant discovery)."""
+
+    name: str
+    label: str
+    kind: str
+    """``number``, ``bool`` or ``text``."""
+    unit_of_measurement: str | None = None
+    device_class: str | None = None
+    state_class: str | None = None
+    every: float = 5.0
+    writable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float = 1.0
+    """The smallest change a command can make (the scale, for a scaled number)."""
+
+
 class Background(Protocol):
     """A target's own work besides its clients' requests (Modbus: polls), and what it
     holds, for observability."""
@@ -133,6 +152,24 @@ class Background(Protocol):
 
     def readings(self, now: float) -> dict[str, Reading]:
         """Its named values by name (Modbus: the points), as they stand at `now`."""
+        ...
+
+    def point_infos(self) -> list[PointInfo]:
+        """What each of its named values is."""
+        ...
+
+    def device_info(self) -> Mapping[str, str]:
+        """What the device says it is: ``manufacturer``, ``model``, ``serial_number``,
+        ``sw_version``, as far as it says (Modbus: SunSpec's common model)."""
+        ...
+
+    def command(self, name: str, text: str, now: float) -> bytes | str:
+        """The request (in client form) that sets the named value `name` to `text`,
+        or why it cannot be set (unknown, not writable, out of range, not a number)."""
+        ...
+
+    def command_refusal(self, answer: bytes) -> str:
+        """ "" if `answer` confirms a command's request, else why it does not."""
         ...
 
 

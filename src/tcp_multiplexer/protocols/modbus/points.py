@@ -169,6 +169,45 @@ class Point:
             return _tidy(raw * 10.0**factor, -int(factor))
         return _tidy(raw * self.scale, _decimals(self.scale))
 
+    def step(self) -> float:
+        """The smallest change of its scaled value (1 unscaled; the scale for a number)."""
+        if isinstance(self.scale, int | float) and self.type not in ("f32", "f64"):
+            return abs(self.scale)
+        return 1.0 if self.type not in ("f32", "f64") else 0.0
+
+    def encode(self, value: float | bool, factor: float | None) -> bytes:
+        """Its registers' bytes holding `value` (its scaled value; `factor`: its scale
+        factor point's value now): one byte 0 or 1 for a coil.
+
+        Raises:
+            ValueError: it cannot hold that value, saying why.
+        """
+        if self.table in BIT_TABLES or self.type == "bool":
+            raw_bool = bool(value)
+            return bytes([raw_bool]) if self.table in BIT_TABLES else bytes([0, raw_bool])
+        if self.type not in REGISTER_TYPES:
+            raise ValueError(f"a {self.type} cannot be set")
+        raw = float(value)
+        if isinstance(self.scale, str):
+            if factor is None or not -SCALE_FACTOR_LIMIT <= factor <= SCALE_FACTOR_LIMIT:
+                raise ValueError(f"its scale factor {self.scale!r} is not known now")
+            raw /= 10.0**factor
+        elif self.scale is not None:
+            raw /= self.scale
+        fmt = REGISTER_TYPES[self.type][1]
+        if self.type in ("f32", "f64"):
+            data = struct.pack(fmt, raw)
+        else:
+            whole = round(raw)
+            try:
+                data = struct.pack(fmt, whole)
+            except struct.error:
+                raise ValueError(f"{value:g} does not fit a {self.type}") from None
+        words = [data[index : index + 2] for index in range(0, len(data), 2)]
+        if self.word_order == "little":
+            words.reverse()
+        return b"".join(words)
+
 
 def _decimals(scale: float) -> int:
     """Digits after the point a value times `scale` needs (0.1: 1; 0.001: 3; 2: 0)."""

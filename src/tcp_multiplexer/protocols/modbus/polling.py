@@ -23,6 +23,7 @@ like declared ones (sunspec.py names them).
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections import Counter
 from typing import Any, Final
@@ -40,7 +41,7 @@ from tcp_multiplexer.options import format_duration
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
 from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
-from tcp_multiplexer.protocols.modbus.points import Point
+from tcp_multiplexer.protocols.modbus.points import BIT_TABLES, Point
 from tcp_multiplexer.protocols.modbus.polls import TABLE_NAMES, PollRead, plan_reads
 from tcp_multiplexer.protocols.modbus.sunspec import (
     SunSpecDevice,
@@ -49,7 +50,7 @@ from tcp_multiplexer.protocols.modbus.sunspec import (
     scan_summary,
 )
 from tcp_multiplexer.protocols.modbus.sunspec_scan import SunSpecScan
-from tcp_multiplexer.protocols.spec import PoolState, Reading
+from tcp_multiplexer.protocols.spec import PointInfo, PoolState, Reading
 
 SCAN_RETRY: Final = 30.0
 """Seconds before a SunSpec scan that got no answer is tried again."""
@@ -66,6 +67,20 @@ _NOT_ANSWERED: Final = frozenset(
 _READ: Final = struct.Struct(">HHHBBHH")
 """A read request ADU: transaction id, protocol id, length, unit, function, address,
 count."""
+_TRUE: Final = frozenset({"on", "true", "1", "yes"})
+_FALSE: Final = frozenset({"off", "false", "0", "no"})
+
+
+def write_request(unit: int, table: str, address: int, data: bytes) -> bytes:
+    """The request ADU (transaction id 0) writing `data` from `address`: one coil (0x05;
+    `data` one byte 0 or 1), one register (0x06) or several (0x10)."""
+    if table == "coils":
+        pdu = struct.pack(">BHH", 5, address, 0xFF00 if data[0] else 0)
+    elif len(data) == 2:
+        pdu = struct.pack(">BH", 6, address) + data
+    else:
+        pdu = struct.pack(">BHHB", 16, address, len(data) // 2, len(data)) + data
+    return struct.pack(">HHHB", 0, 0, len(pdu) + 1, unit) + pdu
 
 
 class _Scheduled:
@@ -371,6 +386,81 @@ class Polling:
                 }
             )
         return rows
+
+    def point_infos(self) -> list[PointInfo]:
+        return [
+            PointInfo(
+                name=point.name,
+                label=point.label or point.name,
+                kind="bool"
+                if point.table in BIT_TABLES or point.type == "bool"
+                else "number"
+                if point.numeric
+                else "text",
+                unit_of_measurement=point.unit_of_measurement,
+                device_class=point.device_class,
+                state_class=point.state_class,
+                every=point.every,
+                writable=point.writable,
+                minimum=point.minimum,
+                maximum=point.maximum,
+                step=point.step(),
+            )
+            for point in self._points
+        ]
+
+    def device_info(self) -> dict[str, str]:
+        """What the first SunSpec device found says it is."""
+        for device in self.devices.values():
+            return device.info()
+        return {}
+
+    def command(self, name: str, text: str, now: float) -> bytes | str:
+        """A write of point `name` (see `Background.command`); bool points take
+        on/off, true/false, 1/0."""
+        point = next((point for point in self._points if point.name == name), None)
+        if point is None:
+            return f"no point {name!r}"
+        if not point.writable:
+            return f"point {name!r} is not writable"
+        word = text.strip().lower()
+        value: float | bool
+        if point.table in BIT_TABLES or point.type == "bool":
+            if word not in _TRUE | _FALSE:
+                return f"{text!r} is not on or off"
+            value = word in _TRUE
+        else:
+            try:
+                value = float(word)
+            except ValueError:
+                return f"{text!r} is not a number"
+            if not math.isfinite(value):
+                return f"{text!r} is not a number"
+            if point.minimum is not None and value < point.minimum:
+                return f"{value:g} is below its min {point.minimum:g}"
+            if point.maximum is not None and value > point.maximum:
+                return f"{value:g} is above its max {point.maximum:g}"
+        factor: float | None = None
+        if isinstance(point.scale, str):
+            readings = self.readings(now)
+            scale_point = next((p for p in self._points if p.name == point.scale), None)
+            if scale_point is not None and point.scale in readings:
+                held = readings[point.scale].value
+                factor = float(held) if isinstance(held, int | float) else None
+        try:
+            data = point.encode(value, factor)
+        except ValueError as exc:
+            return str(exc)
+        return write_request(point.unit, point.table, point.address, data)
+
+    def command_refusal(self, answer: bytes) -> str:
+        if len(answer) < 9:
+            return "no answer"
+        if answer[7] & EXCEPTION_FLAG:
+            code = answer[8]
+            name = EXCEPTION_NAMES.get(code)
+            return f"exception 0x{code:02x}" + (f" ({name})" if name else "")
+        return ""
 
     def readings(self, now: float) -> dict[str, Reading]:
         """Each point's value from the image: decoded from ONE device answer, scaled
