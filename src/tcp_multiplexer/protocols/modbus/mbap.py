@@ -75,6 +75,15 @@ EXCEPTION_NAMES: Final = {
     0x0A: "gateway path unavailable",
     0x0B: "gateway target failed to respond",
 }
+NOT_ANSWERED: Final = frozenset(
+    {
+        ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+        ExceptionCode.GATEWAY_TARGET_FAILED,
+        ExceptionCode.SERVER_DEVICE_BUSY,
+    }
+)
+"""Exceptions that say a request did not get through, not what the device holds (the
+bridge's own reads: polls, SunSpec scans)."""
 
 
 class MbapFramer:

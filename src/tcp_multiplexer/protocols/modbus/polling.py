@@ -39,7 +39,12 @@ from tcp_multiplexer.core.interfaces import (
 from tcp_multiplexer.logs import NOTICE
 from tcp_multiplexer.options import format_duration
 from tcp_multiplexer.protocols.modbus.gateway import ModbusGatewayPolicy
-from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    EXCEPTION_NAMES,
+    NOT_ANSWERED,
+    ExceptionCode,
+)
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.modbus.points import BIT_TABLES, Point
 from tcp_multiplexer.protocols.modbus.polls import TABLE_NAMES, PollRead, plan_reads
@@ -56,14 +61,6 @@ SCAN_RETRY: Final = 30.0
 """Seconds before a SunSpec scan that got no answer is tried again."""
 REFUSED_SLOWDOWN: Final = 10
 """A range the device refuses is read this many times less often."""
-_NOT_ANSWERED: Final = frozenset(
-    {
-        ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
-        ExceptionCode.GATEWAY_TARGET_FAILED,
-        ExceptionCode.SERVER_DEVICE_BUSY,
-    }
-)
-"""Exceptions that say the read did not get through, not that the device refused it."""
 _READ: Final = struct.Struct(">HHHBBHH")
 """A read request ADU: transaction id, protocol id, length, unit, function, address,
 count."""
@@ -310,7 +307,7 @@ class Polling:
         code = answer[8]
         name = EXCEPTION_NAMES.get(code)
         scheduled.last_error = f"exception 0x{code:02x}" + (f" ({name})" if name else "")
-        if code in _NOT_ANSWERED:
+        if code in NOT_ANSWERED:
             return
         read = scheduled.read
         if read.merged and code == ExceptionCode.ILLEGAL_DATA_ADDRESS:
@@ -442,11 +439,9 @@ class Polling:
                 return f"{value:g} is above its max {point.maximum:g}"
         factor: float | None = None
         if isinstance(point.scale, str):
-            readings = self.readings(now)
-            scale_point = next((p for p in self._points if p.name == point.scale), None)
-            if scale_point is not None and point.scale in readings:
-                held = readings[point.scale].value
-                factor = float(held) if isinstance(held, int | float) else None
+            scale_reading = self.readings(now).get(point.scale)
+            held = None if scale_reading is None else scale_reading.value
+            factor = float(held) if isinstance(held, int | float) else None
         try:
             data = point.encode(value, factor)
         except ValueError as exc:

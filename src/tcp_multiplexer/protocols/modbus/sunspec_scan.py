@@ -10,24 +10,17 @@ sunspec scan` does the same through a bridge that listens nowhere (sunspec_cli.p
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from typing import Final
 
 from tcp_multiplexer.core.interfaces import Clock, Dispatch, Priority, Request
-from tcp_multiplexer.protocols.modbus.mbap import EXCEPTION_FLAG, EXCEPTION_NAMES, ExceptionCode
-from tcp_multiplexer.protocols.modbus.sunspec import ScanWalk, SunSpecDevice
-
-READ_HOLDING: Final = 3
-_READ: Final = struct.Struct(">HHHBBHH")
-_NOT_ANSWERED: Final = frozenset(
-    {
-        ExceptionCode.GATEWAY_PATH_UNAVAILABLE,
-        ExceptionCode.GATEWAY_TARGET_FAILED,
-        ExceptionCode.SERVER_DEVICE_BUSY,
-    }
+from tcp_multiplexer.protocols.modbus.mbap import (
+    EXCEPTION_FLAG,
+    EXCEPTION_NAMES,
+    NOT_ANSWERED,
+    ExceptionCode,
+    read_request,
 )
-"""Exceptions that say the read did not get through, not what the device holds."""
+from tcp_multiplexer.protocols.modbus.sunspec import ScanWalk, SunSpecDevice
 
 ScanDone = Callable[[SunSpecDevice | None, str], None]
 """Called once a scan is over: the device (None if none was found) and why not."""
@@ -80,7 +73,7 @@ class SunSpecScan:
             self._done(self._walk.device, self._walk.error)
             return
         address, count = read
-        payload = _READ.pack(0, 0, 6, self._walk.unit, READ_HOLDING, address, count)
+        payload = read_request(0, self._walk.unit, address, count)
         request = Request(self, payload, self._clock.time())
         request.priority = self._priority
         self.reads += 1
@@ -98,7 +91,7 @@ class SunSpecScan:
             code = answer[8]
             if code == ExceptionCode.GATEWAY_PATH_UNAVAILABLE:
                 self._fail("the target cannot be reached (exception 0x0a)")
-            elif code in _NOT_ANSWERED:
+            elif code in NOT_ANSWERED:
                 self._fail(f"no answer (exception 0x{code:02x}, {EXCEPTION_NAMES.get(code)})")
             else:
                 self._walk.refused()
