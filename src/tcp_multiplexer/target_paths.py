@@ -51,6 +51,8 @@ ROUTE_SETTINGS: Final = (
     "delay",
     "request_gap",
     "max_idle",
+    "recycle_after_timeouts",
+    "max_connection_age",
     "reconnect_backoff",
     "max_connections",
     "max_inflight",
@@ -261,6 +263,8 @@ def build_path(
                 max_inflight=values["max_inflight"],
                 request_gap=values["request_gap"],
                 max_idle=values["max_idle"],
+                recycle_after=values["recycle_after_timeouts"],
+                max_age=values["max_connection_age"],
             )
 
         pool = UpstreamPool(

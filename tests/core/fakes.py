@@ -186,6 +186,8 @@ class UpstreamRig:
         timeout: float = 2.0,
         max_inflight: int = 1,
         gap: float = 0.0,
+        recycle_after: int = 3,
+        max_age: float = 0.0,
     ) -> None:
         self.clock = VirtualClock()
         self.sink = FakeSink()
@@ -201,6 +203,8 @@ class UpstreamRig:
             timeout=timeout,
             max_inflight=max_inflight,
             request_gap=gap,
+            recycle_after=recycle_after,
+            max_age=max_age,
         )
         self.transport = MemoryTransport(self.connection)
         self.connection.connection_made(cast(asyncio.Transport, self.transport))

@@ -16,8 +16,23 @@ TIMEOUT = 2.0
 
 
 class Rig(UpstreamRig):
-    def __init__(self, codec: TargetCodec, *, max_inflight: int = 1, gap: float = 0.0) -> None:
-        super().__init__(codec, timeout=TIMEOUT, max_inflight=max_inflight, gap=gap)
+    def __init__(
+        self,
+        codec: TargetCodec,
+        *,
+        max_inflight: int = 1,
+        gap: float = 0.0,
+        recycle_after: int = 3,
+        max_age: float = 0.0,
+    ) -> None:
+        super().__init__(
+            codec,
+            timeout=TIMEOUT,
+            max_inflight=max_inflight,
+            gap=gap,
+            recycle_after=recycle_after,
+            max_age=max_age,
+        )
 
 
 async def test_requests_carry_the_connections_ids_and_answers_the_clients() -> None:
@@ -44,13 +59,62 @@ async def test_an_unanswered_request_times_out_and_its_late_answer_is_dropped() 
     assert not rig.sink.finished, "the late answer reaches nobody"
 
 
-async def test_two_silent_timeouts_in_a_row_retire_an_id_connection() -> None:
+async def test_three_timeouts_in_a_row_retire_an_id_connection() -> None:
     rig = Rig(ModbusTargetCodec())
     for tid in (1, 2):
         rig.send(read_request(tid, 1, 0, 1))
         rig.clock.advance(TIMEOUT + 0.001)
+    assert rig.is_open(), "two timeouts in a row: still up"
+    rig.send(read_request(3, 1, 0, 1))
+    rig.clock.advance(TIMEOUT + 0.001)
     assert rig.transport.aborted
-    assert [reason for _request, reason in rig.sink.failed] == [FailureReason.TIMEOUT] * 2
+    assert [reason for _request, reason in rig.sink.failed] == [FailureReason.TIMEOUT] * 3
+
+
+async def test_an_answer_between_timeouts_starts_the_count_again() -> None:
+    rig = Rig(ModbusTargetCodec(), recycle_after=2)
+    rig.send(read_request(1, 1, 0, 1))
+    rig.clock.advance(TIMEOUT + 0.001)
+    answered = rig.send(read_request(2, 1, 0, 1))
+    rig.connection.data_received(registers_answer(answered.wire_id, 1, [5]))
+    rig.send(read_request(3, 1, 0, 1))
+    rig.clock.advance(TIMEOUT + 0.001)
+    assert rig.is_open(), "one timeout since the answer"
+    # Late answers to timed-out requests do not count as answers.
+    late = rig.sink.failed[-1][0]
+    rig.connection.data_received(registers_answer(late.wire_id, 1, [6]))
+    rig.send(read_request(4, 1, 0, 1))
+    rig.clock.advance(TIMEOUT + 0.001)
+    assert rig.transport.aborted
+
+
+async def test_recycling_can_be_turned_off() -> None:
+    rig = Rig(ModbusTargetCodec(), recycle_after=0)
+    for tid in range(6):
+        rig.send(read_request(tid, 1, 0, 1))
+        rig.clock.advance(TIMEOUT + 0.001)
+    assert rig.is_open()
+
+
+async def test_an_old_connection_is_closed_once_its_request_is_answered() -> None:
+    rig = Rig(ModbusTargetCodec(), max_age=60.0)
+    rig.clock.advance(59.5)
+    assert rig.is_open()
+    busy = rig.send(read_request(1, 1, 0, 1))
+    rig.clock.advance(1.0)  # old now, but a request is on it (answer due within 2 s)
+    assert rig.is_open()
+    assert not rig.connection.can_send, "it takes no more requests"
+    rig.connection.data_received(registers_answer(busy.wire_id, 1, [7]))
+    assert rig.sink.finished[0][0] is busy, "the request on it is answered"
+    assert rig.transport.closed
+    assert rig.connection.closed_as_expected, "the pool opens a new one at once"
+
+
+async def test_an_old_idle_connection_is_closed_at_once() -> None:
+    rig = Rig(ModbusTargetCodec(), max_age=60.0)
+    rig.clock.advance(60.001)
+    assert rig.transport.closed
+    assert rig.connection.closed_as_expected
 
 
 async def test_a_timeout_retires_a_fifo_connection_so_no_late_answer_can_mismatch() -> None:

@@ -28,6 +28,8 @@ DEFAULT_RECONNECT_BACKOFF: Final = 1.0
 DEFAULT_HEALTH_CHECK_INTERVAL: Final = 30.0
 DEFAULT_QUEUE_SIZE: Final = 32
 DEFAULT_MAX_INFLIGHT: Final = 1
+DEFAULT_RECYCLE_AFTER: Final = 3
+"""Timeouts in a row after which a target connection is reopened."""
 DEFAULT_CLIENT_BACKLOG: Final = 16
 """Requests one client may have outstanding before it is no longer read from."""
 DEFAULT_METRICS_INTERVAL: Final = 60.0
@@ -80,6 +82,10 @@ class BridgeConfig:
     """Minimum pause between two requests on one target connection."""
     max_idle: float = 0.0
     """Close a target connection idle this long (0 = never); reopened on demand."""
+    recycle_after_timeouts: int = DEFAULT_RECYCLE_AFTER
+    """Reopen a target connection after this many timeouts in a row (0 = never)."""
+    max_connection_age: float = 0.0
+    """Reopen a target connection this old once idle (0 = never)."""
     allow: tuple[Network, ...] = ()
     """Client address ranges let in (empty: everyone)."""
     max_clients: int | None = None
@@ -132,6 +138,7 @@ class BridgeConfig:
             ("health-check-interval", self.health_check_interval),
             ("request-gap", self.request_gap),
             ("max-idle", self.max_idle),
+            ("max-connection-age", self.max_connection_age),
             ("client-idle-timeout", self.client_idle_timeout),
         ):
             if value < 0:

@@ -280,6 +280,25 @@ BRIDGE_OPTIONS: Final = (
         metavar="DURATION",
         group=POOL_GROUP,
     ),
+    Option(
+        "recycle-after-timeouts",
+        "close a target connection and open a new one after this many timeouts in a row "
+        "with no answer between them: a device that stops answering on a connection it "
+        f"keeps open (default: {model.DEFAULT_RECYCLE_AFTER}; 0 = never)",
+        count_value(0),
+        model.DEFAULT_RECYCLE_AFTER,
+        metavar="N",
+        group=POOL_GROUP,
+    ),
+    Option(
+        "max-connection-age",
+        "reopen a target connection this old once its requests are answered, for "
+        "devices that wear out long connections (default: 0 = never)",
+        duration_value,
+        0.0,
+        metavar="DURATION",
+        group=POOL_GROUP,
+    ),
 )
 """Options of every bridge, whatever its protocol."""
 

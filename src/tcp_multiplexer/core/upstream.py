@@ -35,10 +35,12 @@ from tcp_multiplexer.core.interfaces import (
     after_io,
 )
 from tcp_multiplexer.errors import DamagedMessage, FramingError
-from tcp_multiplexer.logs import hex_dump
+from tcp_multiplexer.logs import NOTICE, hex_dump
 from tcp_multiplexer.observability.metrics import TargetMetrics
 
-SILENT_TIMEOUTS_BEFORE_RECONNECT: Final = 2
+DEFAULT_RECYCLE_AFTER: Final = 3
+"""Timeouts in a row, nothing answered between them, after which a connection that
+stays up is closed and reopened (--recycle-after-timeouts)."""
 """One unanswered request may be a dropped frame; two in a row with not a byte from the
 target in between mean it will not answer on this connection."""
 
@@ -49,6 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
     # Slots: attributes read on every request; past 30 attributes an instance dict no
     # longer shares its keys, and every attribute read gets slower.
     __slots__ = (
+        "_age_timer",
         "_announce",
         "_by_id",
         "_capacity",
@@ -65,18 +68,19 @@ class UpstreamConnection(asyncio.Protocol):
         "_ids",
         "_inflight",
         "_last_activity",
-        "_last_heard",
         "_log",
+        "_max_age",
         "_max_idle",
         "_metrics",
         "_next_id",
         "_poller",
         "_quiet_timer",
         "_ready",
-        "_silent_timeouts",
+        "_recycle_after",
         "_sink",
         "_sole",
         "_timeout",
+        "_timeouts_in_row",
         "_timer",
         "_transparent",
         "_transport",
@@ -102,6 +106,8 @@ class UpstreamConnection(asyncio.Protocol):
         max_inflight: int,
         request_gap: float = 0.0,
         max_idle: float = 0.0,
+        recycle_after: int = DEFAULT_RECYCLE_AFTER,
+        max_age: float = 0.0,
     ) -> None:
         self.name = name
         self._codec = codec
@@ -120,6 +126,9 @@ class UpstreamConnection(asyncio.Protocol):
         """More than one request may be outstanding (--max-inflight above 1)."""
         self._gap = request_gap
         self._max_idle = max_idle
+        self._recycle_after = recycle_after
+        self._max_age = max_age
+        self._age_timer: TimerHandle | None = None
         self._framer = codec.response_framer()
         self._by_id = codec.correlation is Correlation.BY_ID
         self._id_space = codec.id_space
@@ -145,10 +154,8 @@ class UpstreamConnection(asyncio.Protocol):
         idle, or at shutdown (not counted as a reconnect)."""
         self.answers = 0
         """Answers received: a connection that answered had a live target behind it."""
-        self._last_heard = float("-inf")
-        """Loop time of the last message from the target, matched or not."""
-        self._silent_timeouts = 0
-        """Timeouts in a row with nothing at all heard from the target since."""
+        self._timeouts_in_row = 0
+        """Timeouts with no answer matched since (reset by every answer)."""
         self.closed: asyncio.Future[None] = clock.create_future()
         self._debug = log.isEnabledFor(logging.DEBUG)
 
@@ -157,8 +164,27 @@ class UpstreamConnection(asyncio.Protocol):
     def mark_ready(self) -> None:
         """The connection may carry requests (after the post-connect delay)."""
         self._ready = True
-        self._last_activity = self._clock.time()
+        now = self._last_activity = self._clock.time()
         self._schedule_timer()
+        if self._max_age:
+            self._age_timer = self._clock.call_at(now + self._max_age, self._aged)
+
+    def _aged(self) -> None:
+        """--max-connection-age: take no more requests, close once those on it are
+        answered (at once if none), and let the pool open a new one."""
+        self._age_timer = None
+        if self.closed.done() or not self._ready:
+            return
+        self._log.info(
+            "%s: open for %.3gs (max-connection-age); reopening it once idle",
+            self.name,
+            self._max_age,
+        )
+        self.closed_as_expected = True
+        self._draining = True
+        if not self._inflight and self._transport is not None:
+            self._ready = False
+            self._transport.close()
 
     @property
     def closed_for_idle(self) -> bool:
@@ -339,6 +365,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
             self._quiet_timer = None
+        if self._age_timer is not None:
+            self._age_timer.cancel()
+            self._age_timer = None
         self._fail_all(FailureReason.BROKEN)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -347,8 +376,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _handle_answers(self, messages: list[bytes]) -> None:
         now = self._clock.time()
-        self._last_heard = now
-        self._silent_timeouts = 0
         self._poller.touch(now)
         codec = self._codec
         transparent = self._transparent
@@ -376,6 +403,7 @@ class UpstreamConnection(asyncio.Protocol):
             )
         if not answered:
             return
+        self._timeouts_in_row = 0
         self.answers += len(answered)
         self._last_activity = now
         sink = self._sink
@@ -488,22 +516,14 @@ class UpstreamConnection(asyncio.Protocol):
     def _expire_ids(self, now: float) -> None:
         """Answer every request past its deadline with the timeout answer.
 
-        The link stays while the target says anything at all: a late answer then carries
-        an id nobody waits for and is dropped. A target that stays silent through
-        SILENT_TIMEOUTS_BEFORE_RECONNECT timeouts in a row is hung (or its one slot is
+        The link stays while the target answers: a late answer carries an id nobody
+        waits for and is dropped. After `recycle_after` timeouts in a row with no answer
+        between them the target is taken as hung on this connection (or its one slot is
         held by someone else): the connection is retired and reopened.
         """
         while (oldest := self._oldest()) is not None and oldest.deadline <= now:
-            if self._last_heard < oldest.deadline - self._timeout:
-                self._silent_timeouts += 1
-                if self._silent_timeouts >= SILENT_TIMEOUTS_BEFORE_RECONNECT:
-                    self._log.warning(
-                        "%s: no word from the target through %d timeouts; reconnecting",
-                        self.name,
-                        self._silent_timeouts,
-                    )
-                    self._retire(FailureReason.TIMEOUT)
-                    return
+            if self._recycled():
+                return
             del self._ids[oldest.wire_id]
             self._inflight -= 1
             self._log.warning(
@@ -515,8 +535,25 @@ class UpstreamConnection(asyncio.Protocol):
             self._sink.fail(oldest, FailureReason.TIMEOUT)
         self._offer(now)
 
+    def _recycled(self) -> bool:
+        """Count a timeout; after `recycle_after` in a row, retire the connection (its
+        requests get the timeout answer) so the pool opens a new one. True if it did."""
+        self._timeouts_in_row += 1
+        if not self._recycle_after or self._timeouts_in_row < self._recycle_after:
+            return False
+        self._log.log(
+            NOTICE,
+            "%s: %d timeouts in a row; closing it and opening a new connection",
+            self.name,
+            self._timeouts_in_row,
+        )
+        self._retire(FailureReason.TIMEOUT)
+        return True
+
     def _expire_sole(self, now: float) -> None:
-        """The one request on a line had no answer in time: it fails, the line goes on."""
+        """The one request on a line had no answer in time: it fails, the line goes on
+        (never reopened for timeouts: one unit absent from a bus says nothing of the
+        others)."""
         request = self._release_sole(now)
         self._log.warning(
             "%s: no answer within %.3gs; serving the next request",
@@ -532,7 +569,7 @@ class UpstreamConnection(asyncio.Protocol):
         """An answer arrived damaged (a bad CRC): its request fails, the line goes on."""
         self._metrics.damaged_answers += 1
         now = self._clock.time()
-        self._last_heard = now
+        self._timeouts_in_row = 0  # the device answers, if damaged: not hung
         self._log.warning(
             "%s: damaged answer (%s); the request gets the gateway's failure answer",
             self.name,

@@ -42,6 +42,8 @@ SETTINGS: Final = {
     "delay": duration_value,
     "request-gap": duration_value,
     "max-idle": duration_value,
+    "recycle-after-timeouts": count_value(0),
+    "max-connection-age": duration_value,
     "reconnect-backoff": duration_value,
     "max-connections": count_value(1),
     "max-inflight": count_value(1),
