@@ -352,6 +352,9 @@ class Bridge:
         self._session_count += 1
         session = ClientSession(self, self._session_count)
         session.origin = address
+        framed_client = self._spec.framed_client
+        if address.framing and framed_client is not None:
+            return framed_client(session, address.framing)
         if self._server_tls is None:
             return session
         return TlsServerProtocol(

@@ -147,15 +147,26 @@ def choice_value(choices: Sequence[str]) -> Callable[[object], str]:
 # ---------------------------------------------------------------------------- addresses
 
 
+LISTEN_FRAMINGS: Final = {"rtu+tcp": "rtu", "auto": "auto"}
+"""Listen URL schemes naming the framing a listener's clients speak (Modbus): RTU
+frames over TCP, or told per connection from its first bytes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A host and TCP port (an empty host listens on every interface)."""
+    """A host and TCP port (an empty host listens on every interface); for a listener,
+    the framing its clients speak if not the protocol's own (``rtu``, ``auto``)."""
 
     host: str
     port: int
+    framing: str = ""
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        if not self.framing:
+            return text
+        scheme = next(key for key, value in LISTEN_FRAMINGS.items() if value == self.framing)
+        return f"{scheme}://{text}"
 
 
 def _parse_port(text: str, whole: str) -> int:
@@ -197,16 +208,26 @@ def parse_target(text: str) -> Address:
 
 
 def parse_listen(text: str) -> Address:
-    """A listen address: ``PORT``, ``:PORT`` or ``HOST:PORT`` (no host = all interfaces).
+    """A listen address: ``PORT``, ``:PORT`` or ``HOST:PORT`` (no host = all interfaces),
+    also as a URL: ``tcp://``, and for Modbus ``rtu+tcp://`` (clients sending RTU frames
+    over TCP) or ``auto://`` (either, told per connection).
 
     Raises:
         ConfigError: the text is not a usable listen address.
     """
     value = text.strip()
+    framing = ""
+    scheme, separator, rest = value.partition("://")
+    if separator:
+        if scheme.lower() != "tcp" and scheme.lower() not in LISTEN_FRAMINGS:
+            known = ", ".join(f"{name}://" for name in ("tcp", *LISTEN_FRAMINGS))
+            raise ConfigError(f"{text!r}: a listen URL is {known}, not {scheme}://")
+        framing = LISTEN_FRAMINGS.get(scheme.lower(), "")
+        value = rest.rstrip("/")
     if value.isdigit():
-        return Address("", _parse_port(value, text))
+        return Address("", _parse_port(value, text), framing)
     host, port_text = _split_host_port(value)
-    return Address(host, _parse_port(port_text, text))
+    return Address(host, _parse_port(port_text, text), framing)
 
 
 def _string(value: object, what: str) -> str:

@@ -58,6 +58,9 @@ def _rtu() -> dict[str, list[bytes]]:
         ],
         "rtu-requests": _framer(rtu_from_adu(read) + write, write[:-1] + b"\x00"),
         "rtu-codec": [b"\x01" + read + answer, b"\x05" + read + exception, b"\x00" + read],
+        "rtu-clients": _framer(
+            rtu_from_adu(read) + write + rtu_from_adu(read, 0), write[:-1] + b"\x00", read
+        ),
     }
 
 

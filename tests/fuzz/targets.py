@@ -22,7 +22,9 @@ raised by mistake):
   through the read cache, coalescing keys and a client's write filter; every local
   answer is a well-formed ADU with the request's transaction id, a cached answer is
   always an earlier answer to the very same read, and a write the filter refuses is an
-  exception answer to it.
+  exception answer to it;
+- an RTU-over-TCP client's bytes, whole or cut anywhere, reach its session as the same
+  whole MBAP requests (auto mode: nothing raises).
 
 `bench/fuzz.py` runs them under atheris (coverage-guided); tests/fuzz/test_replay.py
 replays the saved corpus under plain pytest. The first bytes of an input steer the
@@ -31,12 +33,13 @@ target (where to cut, which requests are HEAD); the rest is the stream.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from itertools import pairwise
-from typing import Final
+from typing import Any, Final
 
 from tcp_multiplexer.core.interfaces import FailureReason, Framer, Request, ResponseFramer
 from tcp_multiplexer.errors import FramingError
@@ -49,6 +52,7 @@ from tcp_multiplexer.protocols.http.framing import (
 )
 from tcp_multiplexer.protocols.length_prefix import iso8583_framer, mpu_framer
 from tcp_multiplexer.protocols.modbus.access import client_filter, rules_value
+from tcp_multiplexer.protocols.modbus.client_framing import RtuClientProtocol
 from tcp_multiplexer.protocols.modbus.codec import (
     LenientModbusTargetCodec,
     ModbusClientCodec,
@@ -427,6 +431,57 @@ def modbus_gateway(data: bytes) -> None:
 # ---------------------------------------------------------------------------- registry
 
 
+class _Recorder(asyncio.Protocol):
+    """A session in front of which an RTU client adapter is put: keeps what reaches it."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+class _NullTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        """Answers go nowhere."""
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def _rtu_client(mode: str, chunks: list[bytes]) -> tuple[bytes, bool]:
+    session = _Recorder()
+    adapter = RtuClientProtocol(session, mode)
+    transport = _NullTransport()
+    adapter.connection_made(transport)
+    for chunk in chunks:
+        if transport.aborted:
+            break
+        adapter.data_received(chunk)
+    return session.received, transport.aborted
+
+
+def rtu_clients(data: bytes) -> None:
+    """An RTU-over-TCP client's bytes, whole or cut anywhere: the same MBAP requests
+    reach the session (and the same bad input closes it); each is a whole MBAP request
+    of protocol id 0 whose PDU is an RTU frame's. In auto mode nothing raises."""
+    cuts, stream = _cuts(data)
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[start:end] for start, end in pairwise(bounds)]
+    whole = _rtu_client("rtu", [stream])
+    cut = _rtu_client("rtu", chunks)
+    assert whole[0] == cut[0] or (whole[1] and cut[1]), f"whole: {whole}, cut: {cut}"
+    messages = _messages(MbapFramer(), whole[0])
+    assert b"".join(messages) == whole[0], "whole MBAP requests only"
+    for message in messages:
+        assert message[2:4] == b"\x00\x00"
+    _rtu_client("auto", chunks)
+
+
 TARGETS: Final[dict[str, Target]] = {
     "echo": _framer_target(partial(LineFramer, max_message_size=64), 64),
     "echo-default": _framer_target(LineFramer, 65536),
@@ -443,5 +498,6 @@ TARGETS: Final[dict[str, Target]] = {
     "rtu-answers": rtu_answers,
     "rtu-requests": rtu_requests,
     "rtu-codec": rtu_codec,
+    "rtu-clients": rtu_clients,
 }
 """Every fuzz target by name (the corpus folder of each is tests/fuzz/corpus/NAME)."""

@@ -128,6 +128,14 @@ class BridgeConfig:
             for earlier in self.listen[:index]:
                 if listen_clash(earlier, address):
                     raise ConfigError(f"{_where(earlier, address)} is given twice", key="listen")
+        framed = next((address for address in self.listen if address.framing), None)
+        if framed is not None and self.protocol != ProtocolName.MODBUS:
+            raise ConfigError(f"{framed}: rtu+tcp:// and auto:// are for Modbus", key="listen")
+        if framed is not None and self.tls_cert is not None:
+            raise ConfigError(
+                f"{framed}: TLS clients speak Modbus/TCP; listen on tcp:// with TLS",
+                key="listen",
+            )
         if self.timeout <= 0:
             raise ConfigError("must be positive", key="timeout")
         if self.connect_timeout <= 0:
@@ -261,6 +269,8 @@ class AppConfig:
             for setting, text, default in given:
                 if text != default:
                     raise ConfigError("is set, but no MQTT broker is: give mqtt's url", key=setting)
+        if self.metrics_listen is not None and self.metrics_listen.framing:
+            raise ConfigError("serves HTTP: give HOST:PORT", key="metrics-listen")
         if self.capture and self.metrics_listen is None:
             raise ConfigError(
                 "needs a metrics listener (metrics-listen) to serve it", key="capture"

@@ -89,7 +89,8 @@ BRIDGE_OPTIONS: Final = (
     Option(
         "listen",
         "address to listen on; a bare PORT listens on all interfaces; repeat it to listen on "
-        f"several (default: {model.DEFAULT_LISTEN})",
+        "several; Modbus: rtu+tcp://HOST:PORT for clients sending RTU frames over TCP, "
+        f"auto://HOST:PORT for either, told per connection (default: {model.DEFAULT_LISTEN})",
         listen_value,
         model.DEFAULT_LISTEN,
         flags=("-l", "--listen"),

@@ -12,6 +12,7 @@ counts, and the example responder `example-server` serves. The registry
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -212,6 +213,10 @@ class ProtocolSpec:
     plain `target_codec` for every target."""
     route_key: Callable[[bytes], int] | None = None
     """What a request is routed by (Modbus: its unit id); None: no routes."""
+    framed_client: Callable[[asyncio.Protocol, str], asyncio.Protocol] | None = None
+    """Puts a client connection that speaks another framing (a listener's ``rtu`` or
+    ``auto``) in front of its session, which speaks the protocol's own; None: the
+    protocol has no other framing."""
     connection_options: Callable[[Any], object] = lambda options: options
     """The part of the options a target connection depends on (its codec's): a reload
     that changes it opens new target connections, one that changes only the rest (the

@@ -9,6 +9,7 @@ from typing import Final
 
 from tcp_multiplexer.protocols.modbus import access
 from tcp_multiplexer.protocols.modbus.access import WriteFilter
+from tcp_multiplexer.protocols.modbus.client_framing import RtuClientProtocol
 from tcp_multiplexer.protocols.modbus.codec import (
     client_codec,
     plan_targets,
@@ -111,6 +112,7 @@ SPEC = ProtocolSpec(
     plan_targets=plan_targets,
     target_codec_for=target_codec_for,
     route_key=route_key,
+    framed_client=RtuClientProtocol,
     # Routes and unit maps reach each target through its plan; the policy and the
     # write rules are read per request.
     connection_options=lambda options: options.lenient_ids,
