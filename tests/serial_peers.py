@@ -67,7 +67,11 @@ class PtyPair:
     nobody has its port open. `unplug()` closes everything, as pulling a USB adapter
     does to the process that has the port open."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, echo: bool = False) -> None:
+        self.echo = echo
+        """A half-duplex adapter: what the multiplexer sends comes back to it too."""
+        self.garble_echo = False
+        """Change the next echo's last byte (a collision on the line)."""
         self._masters: list[int] = []
         self._slaves: list[int] = []
         for _end in range(2):
@@ -108,6 +112,17 @@ class PtyPair:
                 continue
         self.carried += len(data)
         self.chunks.append((time.monotonic(), sink == self._towards_device))
+        if self.echo and sink == self._towards_device:
+            echo = bytearray(data)
+            if self.garble_echo:
+                self.garble_echo = False
+                echo[-1] ^= 0xFF
+            view = memoryview(bytes(echo))
+            while view:
+                try:
+                    view = view[os.write(source, view) :]
+                except BlockingIOError:
+                    continue
 
     def silences(self) -> list[float]:
         """Each pause between the last chunk of an answer and the next request."""
@@ -134,8 +149,8 @@ class PtyPair:
 
 
 @contextlib.asynccontextmanager
-async def pty_pair() -> AsyncIterator[PtyPair]:
-    pair = PtyPair()
+async def pty_pair(*, echo: bool = False) -> AsyncIterator[PtyPair]:
+    pair = PtyPair(echo=echo)
     pair.start()
     try:
         yield pair

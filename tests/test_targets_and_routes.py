@@ -44,6 +44,9 @@ def test_a_serial_url_defaults_to_9600_8e1() -> None:
     fast = parse_target_url("serial:///dev/ttyAMA0?baudrate=115200&parity=N&stopbits=2")
     assert fast.silence == 0.00175, "fixed above 19200 baud"
     assert parse_target_url(str(fast)) == fast
+    echoing = parse_target_url("serial:///dev/ttyUSB0?local-echo=1&rs485=1")
+    assert (echoing.local_echo, echoing.rs485, echoing.rts_level_for_tx) == (True, True, True)
+    assert parse_target_url(str(echoing)) == echoing
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,9 @@ def test_a_serial_url_defaults_to_9600_8e1() -> None:
         ("serial:///dev/ttyUSB0?stopbits=3", "stopbits is 1 or 2"),
         ("serial:///dev/ttyUSB0?bytesize=7", "8 data bits"),
         ("rtu+tcp://host", "expected HOST:PORT"),
+        ("serial:///dev/ttyUSB0?local-echo=2", "local-echo is 1 or 0"),
+        ("serial:///dev/ttyUSB0?rts-delay-before-tx=2", "go with rs485=1"),
+        ("serial:///dev/ttyUSB0?rs485=1&rts-delay-after-tx=-1", "milliseconds, 0..1000"),
     ],
 )
 def test_a_bad_target_url_says_what_is_wrong(text: str, message: str) -> None:

@@ -51,6 +51,16 @@ class Target:
     parity: str = DEFAULT_PARITY
     stopbits: int = DEFAULT_STOPBITS
     bytesize: int = DEFAULT_BYTESIZE
+    local_echo: bool = False
+    """The adapter reads back what it sends (half duplex): each request's echo is read
+    and checked before its answer."""
+    rs485: bool = False
+    """Switch the transmitter with RTS (the kernel's RS-485 mode, through pyserial)."""
+    rts_level_for_tx: bool = True
+    rts_delay_before_tx: float = 0.0
+    """Seconds RTS is raised before the first bit goes out."""
+    rts_delay_after_tx: float = 0.0
+    """Seconds RTS stays raised after the last bit."""
 
     @classmethod
     def tcp(cls, address: Address) -> Target:
@@ -86,10 +96,19 @@ class Target:
 
     def __str__(self) -> str:
         if self.scheme == SERIAL:
-            return (
+            text = (
                 f"serial://{self.device}?baudrate={self.baudrate}&parity={self.parity}"
                 f"&stopbits={self.stopbits}&bytesize={self.bytesize}"
             )
+            if self.local_echo:
+                text += "&local-echo=1"
+            if self.rs485:
+                text += (
+                    f"&rs485=1&rts-level-for-tx={int(self.rts_level_for_tx)}"
+                    f"&rts-delay-before-tx={self.rts_delay_before_tx * 1000:g}"
+                    f"&rts-delay-after-tx={self.rts_delay_after_tx * 1000:g}"
+                )
+            return text
         text = str(self.address)
         return text if self.scheme == TCP else f"{self.scheme}://{text}"
 
@@ -99,9 +118,10 @@ def _serial(text: str, path: str, query: str) -> Target:
         raise ConfigError(f"{text!r}: name the serial port, as in serial:///dev/ttyUSB0")
     settings: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in ("baudrate", "parity", "stopbits", "bytesize"):
+        key = key.replace("_", "-")
+        if key not in SERIAL_SETTINGS:
             raise ConfigError(
-                f"{text!r}: unknown serial setting {key!r} (baudrate, parity, stopbits, bytesize)"
+                f"{text!r}: unknown serial setting {key!r} ({', '.join(SERIAL_SETTINGS)})"
             )
         settings[key] = value
     try:
@@ -119,7 +139,61 @@ def _serial(text: str, path: str, query: str) -> Target:
         raise ConfigError(f"{text!r}: stopbits is 1 or 2")
     if bytesize != 8:
         raise ConfigError(f"{text!r}: Modbus RTU uses 8 data bits (bytesize=8)")
-    return Target(SERIAL, None, path, baudrate, parity, stopbits, bytesize)
+    switches = {key: _switch(text, key, settings) for key in ("local-echo", "rs485")}
+    rts_level = _switch(text, "rts-level-for-tx", settings, default=True)
+    delays = {key: _milliseconds(text, key, settings) for key in _RTS_DELAYS}
+    if not switches["rs485"] and any(key in settings for key in (*_RTS_DELAYS, "rts-level-for-tx")):
+        raise ConfigError(f"{text!r}: the rts- settings go with rs485=1")
+    return Target(
+        SERIAL,
+        None,
+        path,
+        baudrate,
+        parity,
+        stopbits,
+        bytesize,
+        local_echo=switches["local-echo"],
+        rs485=switches["rs485"],
+        rts_level_for_tx=rts_level,
+        rts_delay_before_tx=delays["rts-delay-before-tx"],
+        rts_delay_after_tx=delays["rts-delay-after-tx"],
+    )
+
+
+_RTS_DELAYS: Final = ("rts-delay-before-tx", "rts-delay-after-tx")
+SERIAL_SETTINGS: Final = (
+    "baudrate",
+    "parity",
+    "stopbits",
+    "bytesize",
+    "local-echo",
+    "rs485",
+    "rts-level-for-tx",
+    *_RTS_DELAYS,
+)
+
+
+def _switch(text: str, key: str, settings: Mapping[str, str], *, default: bool = False) -> bool:
+    value = settings.get(key)
+    if value is None:
+        return default
+    if value.strip().lower() in ("1", "true", "yes", "on", ""):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{text!r}: {key} is 1 or 0, not {value!r}")
+
+
+def _milliseconds(text: str, key: str, settings: Mapping[str, str]) -> float:
+    """A delay given in milliseconds, as seconds."""
+    value = settings.get(key, "0")
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = -1.0
+    if not 0 <= milliseconds <= 1000:
+        raise ConfigError(f"{text!r}: {key} is milliseconds, 0..1000, not {value!r}")
+    return milliseconds / 1000
 
 
 def parse_target_url(text: str) -> Target:

@@ -441,3 +441,64 @@ async def test_a_port_another_master_holds_is_a_target_that_is_down_until_it_is_
                     serial.Serial(line.mux_end, exclusive=True)
         finally:
             other.close()
+
+
+# ---------------------------------------------------------------------------- half duplex
+
+
+async def test_a_half_duplex_adapters_echo_is_read_back_and_checked() -> None:
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        pty_pair(echo=True) as line,
+        serial_device(line.device_end, base=SERIAL_BASE),
+        multiplexer(serial_url(line.mux_end) + "&local-echo=1", answer_timeout=1.0) as mux,
+        pymodbus_client(mux.port) as client,
+    ):
+        answer = await client.read_holding_registers(0, count=4, device_id=1)
+        assert not answer.isError(), answer
+        assert list(answer.registers) == [register_value(SERIAL_BASE, a) for a in range(4)]
+        written = await client.write_register(7, 99, device_id=1)
+        assert not written.isError(), written
+        # An echo that differs from what was sent fails that request, not the line.
+        line.garble_echo = True
+        failed = await client.read_holding_registers(0, count=1, device_id=1)
+        assert failed.isError()
+        assert failed.exception_code == GATEWAY_TARGET_FAILED
+        again = await client.read_holding_registers(7, count=1, device_id=1)
+        assert list(again.registers) == [99]
+        assert mux.pool.connections == 1
+
+
+async def test_without_local_echo_an_echoing_adapter_gets_nothing_right() -> None:
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        pty_pair(echo=True) as line,
+        serial_device(line.device_end, base=SERIAL_BASE),
+        multiplexer(serial_url(line.mux_end), answer_timeout=1.0) as mux,
+        pymodbus_client(mux.port) as client,
+    ):
+        answer = await client.read_holding_registers(0, count=4, device_id=1)
+        assert answer.isError(), "the echo is taken for a (damaged) answer"
+
+
+async def test_rs485_settings_are_taken_and_a_driver_without_them_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "&rs485=1&rts-level-for-tx=1&rts-delay-before-tx=2&rts-delay-after-tx=1"
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        pty_pair() as line,
+        serial_device(line.device_end, base=SERIAL_BASE),
+        multiplexer(serial_url(line.mux_end) + url) as mux,
+        pymodbus_client(mux.port) as client,
+    ):
+        answer = await client.read_holding_registers(0, count=2, device_id=1)
+        assert not answer.isError(), answer
+    assert any("does not switch RTS for RS-485" in message for message in caplog.messages)
+    target = parse_target_url(serial_url("/dev/ttyUSB0") + url)
+    assert (target.rs485, target.rts_delay_before_tx, target.rts_delay_after_tx) == (
+        True,
+        0.002,
+        0.001,
+    )
+    assert parse_target_url(str(target)) == target

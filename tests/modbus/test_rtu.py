@@ -184,3 +184,31 @@ def test_adu_and_rtu_round_trip() -> None:
     request = write_registers(0x1234, 9, 40100, [1, 2, 3])
     frame = rtu_from_adu(request)
     assert adu_from_rtu(request, frame[:-2]) == request
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(0, 8 + len(ANSWER)), max_size=6))
+def test_with_local_echo_the_echo_then_the_answer_cut_anywhere_is_the_answer(
+    cuts: list[int],
+) -> None:
+    framer = RtuAnswerFramer(echo=True)
+    sent = rtu_from_adu(READ)
+    framer.expect_response(sent)
+    stream = sent + ANSWER
+    bounds = [0, *sorted(set(cuts)), len(stream)]
+    frames: list[bytes] = []
+    for start, end in itertools.pairwise(bounds):
+        frames += framer.feed(stream[start:end])
+    assert frames == [ANSWER[:-2]]
+
+
+def test_an_echo_that_differs_from_the_request_is_damaged() -> None:
+    framer = RtuAnswerFramer(echo=True)
+    sent = rtu_from_adu(READ)
+    framer.expect_response(sent)
+    assert framer.feed(sent[:3]) == []
+    with pytest.raises(DamagedMessage, match="echo"):
+        framer.feed(bytes([sent[3] ^ 1]) + sent[4:] + ANSWER)
+    # The next request frames again.
+    framer.expect_response(sent)
+    assert framer.feed(sent + ANSWER) == [ANSWER[:-2]]

@@ -5,13 +5,15 @@ Through pyserial-asyncio-fast, an optional extra (``pip install
 eagerly (no writer callback per frame), kept up by the Home Assistant project, and the
 same API as pyserial-asyncio. A port that does not exist, or that vanishes (the
 adapter unplugged), fails like a target that is down: the pool answers clients at once
-and reopens it with backoff.
+and reopens it with backoff. With ``rs485=1`` the kernel switches the transmitter with
+RTS (pyserial's RS-485 settings); ``local-echo=1`` is the RTU framer's (rtu.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import termios
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +21,41 @@ from typing import Any
 from tcp_multiplexer.target import Target
 
 SERIAL_MODULE = "serial_asyncio_fast"
+logger = logging.getLogger("tcp_multiplexer.bridge")
 
 
 def serial_available() -> bool:
     """True if serial targets can be opened (the serial extra is installed)."""
     return importlib.util.find_spec(SERIAL_MODULE) is not None
+
+
+def _rs485(port: Any, line: Target) -> None:
+    """Let the kernel switch the transmitter with RTS around each frame (pyserial's
+    RS-485 settings, TIOCSRS485). A driver without it is logged once and the line goes
+    on: most USB RS-485 adapters switch direction by themselves."""
+    import serial.rs485
+
+    settings = serial.rs485.RS485Settings(
+        rts_level_for_tx=line.rts_level_for_tx,
+        rts_level_for_rx=not line.rts_level_for_tx,
+        delay_before_tx=line.rts_delay_before_tx or None,
+        delay_before_rx=line.rts_delay_after_tx or None,
+    )
+    try:
+        port.rs485_mode = settings
+    except (OSError, ValueError) as exc:
+        if line.device not in _WARNED:
+            _WARNED.add(line.device)
+            logger.warning(
+                "%s: the driver does not switch RTS for RS-485 (%s); going on without: "
+                "an adapter that switches direction by itself needs no rs485=1",
+                line.device,
+                exc,
+            )
+
+
+_WARNED: set[str] = set()
+"""Ports whose missing RS-485 support was logged."""
 
 
 class SerialConnector:
@@ -81,6 +113,8 @@ class SerialConnector:
                 f"{line.device} refuses {line.baudrate} baud 8{line.parity}{line.stopbits}: {exc}"
             ) from exc
         port: Any = transport.serial
+        if line.rs485:
+            _rs485(port, line)
         port.reset_input_buffer()
         # The transport calls connection_made() with call_soon, after this returns
         # (asyncio's own create_connection waits for it): yield once, so that it has

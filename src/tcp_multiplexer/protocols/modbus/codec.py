@@ -156,7 +156,7 @@ class RtuTargetCodec:
     the turnaround delay.
     """
 
-    __slots__ = ("_events", "_units")
+    __slots__ = ("_echo", "_events", "_units")
 
     correlation: Final = Correlation.SOLE
     id_space: Final = 0
@@ -165,12 +165,15 @@ class RtuTargetCodec:
     """The framer must know which unit and function the answer is for."""
     turnaround: Final = BROADCAST_TURNAROUND
 
-    def __init__(self, unit_map: Mapping[int, int], events: Counter[str]) -> None:
+    def __init__(
+        self, unit_map: Mapping[int, int], events: Counter[str], *, echo: bool = False
+    ) -> None:
         self._units = _unit_table(unit_map)
         self._events = events
+        self._echo = echo
 
     def response_framer(self) -> RtuAnswerFramer:
-        return RtuAnswerFramer()
+        return RtuAnswerFramer(echo=self._echo)
 
     def encode(self, request: bytes, wire_id: int) -> bytes:
         return rtu_from_adu(request, self._units[request[6]])
@@ -202,7 +205,7 @@ def target_codec_for(
 ) -> ModbusTargetCodec | RtuTargetCodec:
     """The codec for one target of a bridge: RTU or Modbus/TCP, with its unit map."""
     if plan.target.framing == "rtu":
-        return RtuTargetCodec(plan.key_map, events)
+        return RtuTargetCodec(plan.key_map, events, echo=plan.target.local_echo)
     if not plan.key_map:
         return target_codec(options, events)
     if options.lenient_ids:

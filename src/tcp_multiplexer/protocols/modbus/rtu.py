@@ -154,15 +154,20 @@ def request_length(frame: bytes | bytearray) -> int | None:
 class RtuAnswerFramer:
     """Frames the one answer a Modbus RTU line owes (see the module docstring)."""
 
-    __slots__ = ("_buf", "_expected")
+    __slots__ = ("_buf", "_echo", "_expected", "_local_echo")
 
     closing_at: Final = -1
     offers_interim_replies: Final = False
 
-    def __init__(self) -> None:
+    def __init__(self, *, echo: bool = False) -> None:
         self._buf = bytearray()
         self._expected: tuple[int, int] | None = None
         """(unit, function) of the request waiting for its answer."""
+        self._local_echo = echo
+        """A half-duplex adapter reads back what it sends: each request comes back
+        first, and is checked and dropped before its answer is framed."""
+        self._echo = b""
+        """What of the last request's echo has not come back yet."""
 
     @property
     def buffered(self) -> int:
@@ -172,8 +177,12 @@ class RtuAnswerFramer:
         """`request` (an RTU frame) is about to be sent: what came before it is stale."""
         self._buf.clear()
         self._expected = None if request[0] == BROADCAST else (request[0], request[1])
+        if self._local_echo:
+            self._echo = request
 
     def feed(self, data: bytes) -> list[bytes]:
+        if self._echo:
+            data = self._take_echo(data)
         expected = self._expected
         if expected is None:
             return []  # nothing asked: noise, or a late answer
@@ -202,6 +211,25 @@ class RtuAnswerFramer:
                 self._reset()
                 return [frame[:-2]]
             # A whole frame for another request (a late answer): skip it.
+
+    def _take_echo(self, data: bytes) -> bytes:
+        """Drop the echo of the request from the front of `data`; the rest is the
+        answer's.
+
+        Raises:
+            DamagedMessage: the echo differs from the request (a collision on the
+                line, or an adapter that does not echo): that request fails.
+        """
+        echo = self._echo
+        size = min(len(echo), len(data))
+        if data[:size] != echo[:size]:
+            self._echo = b""
+            self._reset()
+            raise DamagedMessage(
+                _NAME, f"the adapter's echo {data[:size].hex(' ')} is not what was sent"
+            )
+        self._echo = echo[size:]
+        return data[size:]
 
     def _reset(self) -> None:
         self._buf.clear()
