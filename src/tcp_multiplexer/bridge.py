@@ -19,7 +19,7 @@ import ssl
 from dataclasses import replace
 from typing import Final, Protocol
 
-from tcp_multiplexer.config.model import BridgeConfig
+from tcp_multiplexer.config.model import BridgeConfig, serial_units
 from tcp_multiplexer.core.interfaces import (
     ClientCodec,
     ClientConnection,
@@ -36,6 +36,7 @@ from tcp_multiplexer.observability.capture import CaptureRing
 from tcp_multiplexer.observability.clients import ClientDirectory, ClientStats
 from tcp_multiplexer.observability.metrics import BridgeMetrics, ClientMetrics
 from tcp_multiplexer.options import Address, client_address
+from tcp_multiplexer.protocols.modbus.serial_listen import parse_serial_listen
 from tcp_multiplexer.protocols.registry import get_spec
 from tcp_multiplexer.protocols.spec import ClientIdentity
 from tcp_multiplexer.target import TargetPlan
@@ -50,6 +51,7 @@ from tcp_multiplexer.target_paths import (
     path_identity,
 )
 from tcp_multiplexer.transports.listeners import ListenerSet, released
+from tcp_multiplexer.transports.serial import SerialListener
 from tcp_multiplexer.transports.tcp import (
     TcpConnector,
     configure_keepalive,
@@ -172,7 +174,7 @@ class Bridge:
         )
         self._session_count = 0
         self._refusals_logged: dict[str, float] = {}
-        self._listeners = ListenerSet(self._new_session)
+        self._listeners = ListenerSet(self._new_session, self._open_line)
         self._draining = False
 
     def _held_now(self) -> dict[str, float]:
@@ -354,7 +356,11 @@ class Bridge:
         session.origin = address
         framed_client = self._spec.framed_client
         if address.framing and framed_client is not None:
-            return framed_client(session, address.framing)
+            if address.framing != "serial":
+                return framed_client(session, address.framing, None, 0.0)
+            listen = parse_serial_listen(address.host)
+            units = serial_units(self.config, listen.units)
+            return framed_client(session, address.framing, units, listen.line.silence)
         if self._server_tls is None:
             return session
         return TlsServerProtocol(
@@ -363,6 +369,17 @@ class Bridge:
             precheck=self._tls_precheck,
             on_failure=self._tls_failed,
         )
+
+    async def _open_line(self, address: Address) -> SerialListener:
+        """Open a serial listener's line: the bridge is a slave on it.
+
+        Raises:
+            OSError: the port cannot be opened.
+        """
+        listen = parse_serial_listen(address.host)
+        listener = SerialListener(listen.line, lambda: self._new_session(address))
+        await listener.start()
+        return listener
 
     def _tls_precheck(self, peer: object) -> bool:
         """Before the handshake: refuse at once what the address alone rules out."""

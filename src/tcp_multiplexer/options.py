@@ -147,9 +147,10 @@ def choice_value(choices: Sequence[str]) -> Callable[[object], str]:
 # ---------------------------------------------------------------------------- addresses
 
 
-LISTEN_FRAMINGS: Final = {"rtu+tcp": "rtu", "auto": "auto"}
+LISTEN_FRAMINGS: Final = {"rtu+tcp": "rtu", "auto": "auto", "serial": "serial"}
 """Listen URL schemes naming the framing a listener's clients speak (Modbus): RTU
-frames over TCP, or told per connection from its first bytes."""
+frames over TCP, told per connection from its first bytes, or a serial line the
+multiplexer is a slave on (its URL kept whole in `Address.host`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,8 @@ class Address:
     framing: str = ""
 
     def __str__(self) -> str:
+        if self.framing == "serial":
+            return self.host
         text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         if not self.framing:
             return text
@@ -223,6 +226,8 @@ def parse_listen(text: str) -> Address:
             known = ", ".join(f"{name}://" for name in ("tcp", *LISTEN_FRAMINGS))
             raise ConfigError(f"{text!r}: a listen URL is {known}, not {scheme}://")
         framing = LISTEN_FRAMINGS.get(scheme.lower(), "")
+        if framing == "serial":
+            return Address(value, 0, framing)  # checked as a serial line by the config
         value = rest.rstrip("/")
     if value.isdigit():
         return Address("", _parse_port(value, text), framing)

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymodbus import FramerType
+from pymodbus.exceptions import ModbusException
 
 from tcp_multiplexer.bridge import Bridge
+from tcp_multiplexer.options import Address, parse_listen
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.modbus.routes import parse_route
 from tcp_multiplexer.protocols.spec import ProtocolName
@@ -502,3 +505,84 @@ async def test_rs485_settings_are_taken_and_a_driver_without_them_is_logged(
         0.001,
     )
     assert parse_target_url(str(target)) == target
+
+
+# ---------------------------------------------------------------------------- a serial listener
+
+
+@contextlib.asynccontextmanager
+async def serial_master(port: str) -> AsyncIterator[Any]:
+    """pymodbus's serial (RTU) client on `port`, 19,200 8N1: a master on the line."""
+    from pymodbus.client import AsyncModbusSerialClient
+
+    master = AsyncModbusSerialClient(
+        port,
+        framer=FramerType.RTU,
+        baudrate=19200,
+        parity="N",
+        stopbits=1,
+        bytesize=8,
+        timeout=0.5,
+        retries=0,
+    )
+    try:
+        assert await master.connect()
+        yield master
+    finally:
+        master.close()
+
+
+async def test_a_serial_listener_answers_its_units_on_the_line_and_stays_silent_for_others() -> (
+    None
+):
+    async with (
+        asyncio.timeout(TEST_TIMEOUT),
+        modbus_device() as device,
+        pty_pair() as line,
+    ):
+        listen = f"serial://{line.mux_end}?baudrate=19200&parity=N&stopbits=1&units=1-2"
+        config = mux_config(
+            device.port,
+            protocol=ProtocolName.MODBUS,
+            listen=(parse_listen(listen), Address(LOOPBACK, 0)),
+            timeout=0.5,
+        )
+        async with (
+            running_multiplexer(config) as mux,
+            serial_master(line.device_end) as master,
+            pymodbus_client(mux.port) as tcp_client,
+        ):
+            answer = await master.read_holding_registers(3, count=4, device_id=1)
+            assert not answer.isError(), answer
+            assert list(answer.registers) == [holding_value(a) for a in range(3, 7)]
+            written = await master.write_register(9, 777, device_id=2)
+            assert not written.isError(), written
+            # A TCP client of the same bridge sees what the line's master wrote.
+            back = await tcp_client.read_holding_registers(9, count=1, device_id=2)
+            assert list(back.registers) == [777]
+            # Unit 5 is not served here: silence, as on a bus (the master times out).
+            answers_before = sum(1 for _at, towards_master in line.chunks if towards_master)
+            try:
+                silent = await master.read_holding_registers(0, count=1, device_id=5)
+            except ModbusException:
+                silent = None
+            assert silent is None or silent.isError()
+            answers_after = sum(1 for _at, towards_master in line.chunks if towards_master)
+            assert answers_after == answers_before, "nothing was sent on the line"
+            again = await master.read_holding_registers(3, count=1, device_id=1)
+            assert list(again.registers) == [holding_value(3)]
+            assert "serial://" in " ".join(mux.sockets)
+
+
+def test_a_serial_listener_needs_its_units_and_a_port_of_its_own() -> None:
+    from tcp_multiplexer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="name the units"):
+        mux_config(1, protocol=ProtocolName.MODBUS, listen=(parse_listen("serial:///dev/x"),))
+    with pytest.raises(ConfigError, match="listened on or sent to"):
+        mux_config(
+            1,
+            protocol=ProtocolName.MODBUS,
+            target=parse_target_url("serial:///dev/x"),
+            listen=(parse_listen("serial:///dev/x?units=1"),),
+        )

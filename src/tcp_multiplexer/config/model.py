@@ -130,7 +130,12 @@ class BridgeConfig:
                     raise ConfigError(f"{_where(earlier, address)} is given twice", key="listen")
         framed = next((address for address in self.listen if address.framing), None)
         if framed is not None and self.protocol != ProtocolName.MODBUS:
-            raise ConfigError(f"{framed}: rtu+tcp:// and auto:// are for Modbus", key="listen")
+            raise ConfigError(
+                f"{framed}: rtu+tcp://, auto:// and serial:// are for Modbus", key="listen"
+            )
+        for address in self.listen:
+            if address.framing == "serial":
+                self._check_serial_listen(address)
         if framed is not None and self.tls_cert is not None:
             raise ConfigError(
                 f"{framed}: TLS clients speak Modbus/TCP; listen on tcp:// with TLS",
@@ -182,6 +187,28 @@ class BridgeConfig:
                 key="target-ca" if self.target_ca else "target-cert",
             )
 
+    def _check_serial_listen(self, address: Address) -> None:
+        """A serial listener's line settings and units (the units it answers, or those
+        the bridge routes)."""
+        from tcp_multiplexer.protocols.modbus.serial_listen import parse_serial_listen
+
+        try:
+            listen = parse_serial_listen(address.host)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, key="listen") from None
+        if any(plan.target.device == listen.line.device for plan in self.targets()):
+            raise ConfigError(
+                f"{listen.line.device} is a target of this bridge: a port is listened on "
+                "or sent to, not both",
+                key="listen",
+            )
+        if listen.units is None and not serial_units(self, listen.units):
+            raise ConfigError(
+                f"{address}: name the units the line's master may ask for (units=2 or "
+                "units=2-3), or route units",
+                key="listen",
+            )
+
     def targets(self) -> list[TargetPlan]:
         """Every target the bridge sends to, its own first (more with routes).
 
@@ -190,6 +217,15 @@ class BridgeConfig:
                 speak.
         """
         return get_spec(self.protocol).plan_targets(self.protocol_options, self.target)
+
+
+def serial_units(bridge: BridgeConfig, given: frozenset[int] | None) -> frozenset[int]:
+    """The units a serial listener of `bridge` answers: those its URL names, else those
+    the bridge routes."""
+    if given is not None:
+        return given
+    routes = getattr(bridge.protocol_options, "routes", ())
+    return frozenset(unit for route in routes for unit in route.units)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,7 +90,9 @@ BRIDGE_OPTIONS: Final = (
         "listen",
         "address to listen on; a bare PORT listens on all interfaces; repeat it to listen on "
         "several; Modbus: rtu+tcp://HOST:PORT for clients sending RTU frames over TCP, "
-        f"auto://HOST:PORT for either, told per connection (default: {model.DEFAULT_LISTEN})",
+        "auto://HOST:PORT for either, told per connection, serial:///dev/ttyUSB1?"
+        "baudrate=9600&units=2 to answer a master on a serial line for those units "
+        f"(default: {model.DEFAULT_LISTEN})",
         listen_value,
         model.DEFAULT_LISTEN,
         flags=("-l", "--listen"),

@@ -213,10 +213,13 @@ class ProtocolSpec:
     plain `target_codec` for every target."""
     route_key: Callable[[bytes], int] | None = None
     """What a request is routed by (Modbus: its unit id); None: no routes."""
-    framed_client: Callable[[asyncio.Protocol, str], asyncio.Protocol] | None = None
-    """Puts a client connection that speaks another framing (a listener's ``rtu`` or
-    ``auto``) in front of its session, which speaks the protocol's own; None: the
-    protocol has no other framing."""
+    framed_client: (
+        Callable[[asyncio.Protocol, str, frozenset[int] | None, float], asyncio.Protocol] | None
+    ) = None
+    """Puts a client connection that speaks another framing (a listener's ``rtu``,
+    ``auto`` or ``serial``, with the units a serial line's slave answers and the line's
+    silence between frames) in front of its session, which speaks the protocol's own;
+    None: the protocol has no other framing."""
     connection_options: Callable[[Any], object] = lambda options: options
     """The part of the options a target connection depends on (its codec's): a reload
     that changes it opens new target connections, one that changes only the rest (the

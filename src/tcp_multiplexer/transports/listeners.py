@@ -9,13 +9,29 @@ either succeeds whole or changes nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from tcp_multiplexer.options import Address, listen_clash
 from tcp_multiplexer.transports.tcp import open_listener, socket_name
 
 SessionFactory = Callable[[Address], asyncio.Protocol]
 """Makes the protocol of one accepted connection, told the address it came in on."""
+
+
+class Listening(Protocol):
+    """What is listened with: a listening socket (asyncio.Server), or a serial line."""
+
+    @property
+    def sockets(self) -> Sequence[Any]: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+LineOpener = Callable[[Address], Awaitable[Listening]]
+"""Opens a serial listener's line (the `serial` framing)."""
 
 
 async def released() -> None:
@@ -28,21 +44,31 @@ async def released() -> None:
 class ListenerSet:
     """The listening sockets of one bridge, by address (see the module docstring)."""
 
-    def __init__(self, factory: SessionFactory) -> None:
+    def __init__(self, factory: SessionFactory, line_opener: LineOpener | None = None) -> None:
         self._factory = factory
-        self._servers: dict[Address, asyncio.Server] = {}
+        self._line_opener = line_opener
+        self._servers: dict[Address, Listening] = {}
 
-    async def _open(self, address: Address) -> asyncio.Server:
+    async def _open(self, address: Address) -> Listening:
+        if address.framing == "serial":
+            if self._line_opener is None:
+                raise OSError(f"{address}: this protocol listens on no serial line")
+            return await self._line_opener(address)
         return await open_listener(lambda: self._factory(address), address)
 
     @property
-    def servers(self) -> list[asyncio.Server]:
+    def servers(self) -> list[Listening]:
         return list(self._servers.values())
 
     @property
     def sockets(self) -> list[str]:
-        """Every address listened on, as HOST:PORT."""
-        return [socket_name(sock) for server in self._servers.values() for sock in server.sockets]
+        """Every address listened on, as HOST:PORT (a serial line as its URL)."""
+        names: list[str] = []
+        for server in self._servers.values():
+            names.extend(socket_name(sock) for sock in server.sockets)
+            if not server.sockets:
+                names.append(str(server))
+        return names
 
     @property
     def port(self) -> int | None:
@@ -59,7 +85,7 @@ class ListenerSet:
         Raises:
             OSError: an address cannot be listened on; nothing is left open.
         """
-        opened: dict[Address, asyncio.Server] = {}
+        opened: dict[Address, Listening] = {}
         try:
             for address in addresses:
                 opened[address] = await self._open(address)
@@ -82,7 +108,7 @@ class ListenerSet:
         gone = [address for address in current if address not in addresses]
         added = [address for address in addresses if address not in current]
         late = [address for address in added if any(listen_clash(address, g) for g in gone)]
-        opened: dict[Address, asyncio.Server] = {}
+        opened: dict[Address, Listening] = {}
         closed_early: list[Address] = []
         try:
             for address in added:

@@ -121,3 +121,88 @@ class SerialConnector:
         # run before the pool lets anything send.
         await asyncio.sleep(0)
         return transport, protocol
+
+
+class _Watched(asyncio.Protocol):
+    """A serial listener's protocol, telling the listener when the port is lost."""
+
+    def __init__(self, inner: asyncio.Protocol, lost: Callable[[], None]) -> None:
+        self._inner = inner
+        self._lost = lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inner.connection_lost(exc)
+        self._lost()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class SerialListener:
+    """A serial port the multiplexer is a slave on: one connection (the line) from
+    `start()` to `close()`, its protocol made by `factory`; a port that is lost (the
+    adapter unplugged) is opened again every REOPEN_EVERY seconds. Stands where a
+    listening socket does (close, wait_closed, sockets)."""
+
+    REOPEN_EVERY = 2.0
+
+    def __init__(self, line: Target, factory: Callable[[], asyncio.Protocol]) -> None:
+        self.line = line
+        self._factory = factory
+        self._connector = SerialConnector(line, connect_timeout=5.0)
+        self._transport: asyncio.BaseTransport | None = None
+        self._closed = False
+        self._reopen: asyncio.Task[None] | None = None
+        self.sockets: list[Any] = []
+        """None: a serial line has no socket."""
+
+    def __str__(self) -> str:
+        return str(self.line)
+
+    async def start(self) -> None:
+        """Open the port.
+
+        Raises:
+            OSError: it cannot be opened.
+        """
+        self._transport, _ = await self._connector.connect(
+            lambda: _Watched(self._factory(), self._lost)
+        )
+
+    def _lost(self) -> None:
+        self._transport = None
+        if not self._closed and self._reopen is None:
+            logger.warning("serial listener %s: the port is gone; reopening it", self.line.device)
+            self._reopen = asyncio.get_running_loop().create_task(self._open_again())
+
+    async def _open_again(self) -> None:
+        try:
+            while not self._closed:
+                await asyncio.sleep(self.REOPEN_EVERY)
+                try:
+                    await self.start()
+                except (OSError, TimeoutError):
+                    continue
+                logger.warning("serial listener %s: open again", self.line.device)
+                return
+        finally:
+            self._reopen = None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._reopen is not None:
+            self._reopen.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: the port closes at once."""

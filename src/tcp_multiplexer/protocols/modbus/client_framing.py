@@ -11,6 +11,11 @@
 - a frame with a bad CRC, an unknown function or a frame cut short loses this client's
   connection only (logged).
 
+On a serial line (``serial`` mode: the multiplexer is a slave there) only requests for
+the units it serves go to the session; other slaves' answers and damaged frames are
+passed by (never closing the line), and a frame begins afresh after 3.5 characters of
+silence.
+
 In ``auto`` mode the first request decides, once for the connection: an RTU request
 whose CRC checks is RTU; a whole MBAP request with protocol id 0 and a length that fits
 is MBAP (then the connection is passed through untouched); anything else goes to the
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
+import time
 from typing import Any, Final, cast
 
 from tcp_multiplexer.errors import DamagedMessage, FramingError
@@ -37,6 +44,7 @@ logger = logging.getLogger("tcp_multiplexer.bridge")
 RTU: Final = "rtu"
 MBAP: Final = "mbap"
 AUTO: Final = "auto"
+SERIAL: Final = "serial"
 BROADCAST: Final = 0
 _MBAP: Final = struct.Struct(">HHHB")
 _DECIDE_AFTER: Final = 260
@@ -88,11 +96,23 @@ class RtuClientProtocol(asyncio.Protocol):
     """An RTU-over-TCP client (or, in ``auto`` mode, either) in front of `inner`, a
     session speaking MBAP (see the module docstring)."""
 
-    def __init__(self, inner: asyncio.Protocol, mode: str) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        mode: str,
+        units: frozenset[int] | None = None,
+        silence: float = 0.0,
+    ) -> None:
         self._inner = inner
         self._mode = mode
-        self._rtu = mode == RTU
-        self._decided = mode == RTU
+        self._line = mode == SERIAL
+        """A serial line the multiplexer is a slave on: other slaves' frames and noise
+        pass by; only requests for `units` are answered."""
+        self._rtu = mode in (RTU, SERIAL)
+        self._decided = self._rtu
+        self._units = units
+        self._silence = silence
+        self._last_byte = -math.inf
         self._held = bytearray()
         self._framer = RtuRequestFramer()
         self._next_id = 0
@@ -127,11 +147,23 @@ class RtuClientProtocol(asyncio.Protocol):
         if not self._rtu:
             self._inner.data_received(data)
             return
+        if self._line:
+            # A frame ends with 3.5 characters of silence: what came before it is over.
+            now = time.monotonic()
+            if now - self._last_byte > self._silence and self._framer.buffered:
+                self._framer = RtuRequestFramer()
+            self._last_byte = now
         try:
             frames = self._framer.feed(data)
         except FramingError as exc:
+            if self._line:
+                # Another slave's answer, or noise: not for us; the framer dropped it.
+                logger.debug("serial listener: %s", exc)
+                return
             self._bad_input(exc)
             return
+        if self._units is not None:
+            frames = [f for f in frames if f[0] in self._units or f[0] == BROADCAST]
         if frames:
             self._inner.data_received(b"".join(self._mbap(frame) for frame in frames))
 
