@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import struct
@@ -487,6 +488,7 @@ async def test_without_local_echo_an_echoing_adapter_gets_nothing_right() -> Non
 async def test_rs485_settings_are_taken_and_a_driver_without_them_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tcp_multiplexer")
     url = "&rs485=1&rts-level-for-tx=1&rts-delay-before-tx=2&rts-delay-after-tx=1"
     async with (
         asyncio.timeout(TEST_TIMEOUT),

@@ -29,10 +29,11 @@ def serial_available() -> bool:
     return importlib.util.find_spec(SERIAL_MODULE) is not None
 
 
-def _rs485(port: Any, line: Target) -> None:
+def _rs485(port: Any, line: Target, *, warn: bool) -> bool:
     """Let the kernel switch the transmitter with RTS around each frame (pyserial's
-    RS-485 settings, TIOCSRS485). A driver without it is logged once and the line goes
-    on: most USB RS-485 adapters switch direction by themselves."""
+    RS-485 settings, TIOCSRS485); True if it does. A driver without it is logged (if
+    `warn`) and the line goes on: most USB RS-485 adapters switch direction by
+    themselves."""
     import serial.rs485
 
     settings = serial.rs485.RS485Settings(
@@ -44,28 +45,27 @@ def _rs485(port: Any, line: Target) -> None:
     try:
         port.rs485_mode = settings
     except (OSError, ValueError) as exc:
-        if line.device not in _WARNED:
-            _WARNED.add(line.device)
+        if warn:
             logger.warning(
                 "%s: the driver does not switch RTS for RS-485 (%s); going on without: "
                 "an adapter that switches direction by itself needs no rs485=1",
                 line.device,
                 exc,
             )
-
-
-_WARNED: set[str] = set()
-"""Ports whose missing RS-485 support was logged."""
+        return False
+    return True
 
 
 class SerialConnector:
     """Opens a target's serial port with its line settings."""
 
-    __slots__ = ("_line", "_timeout")
+    __slots__ = ("_line", "_rs485_warned", "_timeout")
 
     def __init__(self, line: Target, *, connect_timeout: float) -> None:
         self._line = line
         self._timeout = connect_timeout
+        self._rs485_warned = False
+        """A driver without RS-485 support is logged once per connector."""
 
     @property
     def target(self) -> str:
@@ -113,8 +113,8 @@ class SerialConnector:
                 f"{line.device} refuses {line.baudrate} baud 8{line.parity}{line.stopbits}: {exc}"
             ) from exc
         port: Any = transport.serial
-        if line.rs485:
-            _rs485(port, line)
+        if line.rs485 and not _rs485(port, line, warn=not self._rs485_warned):
+            self._rs485_warned = True
         port.reset_input_buffer()
         # The transport calls connection_made() with call_soon, after this returns
         # (asyncio's own create_connection waits for it): yield once, so that it has
