@@ -191,6 +191,7 @@ def check_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> OneLineErrorParser:
     """The whole command line."""
+    import tcp_multiplexer.calibrate as calibrate
     import tcp_multiplexer.demo as demo
     import tcp_multiplexer.fetch as fetch
     import tcp_multiplexer.sunspec_cli as sunspec_cli
@@ -229,6 +230,7 @@ def build_parser() -> OneLineErrorParser:
     )
     commands.add_parser("version", help="print the version")
     sunspec_cli.add_parser(commands)
+    calibrate.add_parser(commands)
     targets_cli.add_parser(commands)
     commands.choices["example-server"].set_defaults(handler=targets_cli.run)
     demo.add_parser(commands)

@@ -191,6 +191,31 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="connections beyond --max-connections: close = accept and close at once, "
         "hang = accept and never answer (default close)",
     )
+    quirks = parser.add_argument_group("device quirks (what tcp-multiplexer calibrate finds)")
+    quirks.add_argument(
+        "--connect-quiet",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="answer nothing on a connection until this long after it opened, as a "
+        "Huawei SDongle (default 0)",
+    )
+    quirks.add_argument(
+        "--min-gap",
+        type=_duration,
+        default=0.0,
+        metavar="DURATION",
+        help="modbus: answer exception 0x06 (busy) to a request closer than this to the "
+        "last answer (default 0)",
+    )
+    quirks.add_argument(
+        "--max-read",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="modbus: answer exception 0x03 to a read of more than N registers or bits "
+        "(default 0: the protocol's limit)",
+    )
     faults = parser.add_argument_group("fault injection")
     faults.add_argument(
         "--fault",
@@ -267,6 +292,9 @@ def config_from_args(args: argparse.Namespace) -> TargetConfig:
         accept_close=args.accept_close,
         outage_every=args.outage_every,
         outage_for=args.outage_for,
+        connect_quiet=args.connect_quiet,
+        min_gap=args.min_gap,
+        max_read=args.max_read,
     )
 
 

@@ -28,8 +28,9 @@ from typing import Final, Self, cast
 
 from tcp_multiplexer.errors import ConfigError, FramingError
 from tcp_multiplexer.options import Address
+from tcp_multiplexer.protocols.modbus.mbap import exception_response
 from tcp_multiplexer.protocols.registry import get_spec
-from tcp_multiplexer.protocols.responder import Responder
+from tcp_multiplexer.protocols.responder import Answer, Responder
 from tcp_multiplexer.protocols.spec import ProtocolName
 from tcp_multiplexer.targets.faults import ID_FAULTS, Fault, FaultPlan, check_faults
 
@@ -86,6 +87,15 @@ class TargetConfig:
     """Go down (no listener, connections dropped) this long after each (re)start..."""
     outage_for: float = 0.0
     """...and come back on the same port after this long."""
+    connect_quiet: float = 0.0
+    """Answer nothing on a connection until this long after it was accepted (a Huawei
+    SDongle)."""
+    min_gap: float = 0.0
+    """Modbus: answer exception 0x06 (busy) to a request closer than this to the last
+    answer (a device that needs a pause between requests)."""
+    max_read: int = 0
+    """Modbus: answer exception 0x03 to a read of more than this many registers or bits
+    (0: the protocol's limit)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -96,6 +106,9 @@ class TargetConfig:
             ("--close-after", self.close_after),
             ("--outage-every", self.outage_every),
             ("--outage-for", self.outage_for),
+            ("--connect-quiet", self.connect_quiet),
+            ("--min-gap", self.min_gap),
+            ("--max-read", self.max_read),
         ):
             if value < 0:
                 raise ConfigError(f"{name} must not be negative")
@@ -104,10 +117,27 @@ class TargetConfig:
         if (self.outage_every > 0) != (self.outage_for > 0):
             raise ConfigError("--outage-every and --outage-for go together")
         check_faults(self.faults)
+        if self.protocol != ProtocolName.MODBUS and (self.min_gap or self.max_read):
+            raise ConfigError("--min-gap and --max-read are modbus quirks")
         if self.protocol != ProtocolName.MODBUS:
             for fault, _fraction in self.faults:
                 if fault in ID_FAULTS:
                     raise ConfigError(f"fault {fault} needs request ids: modbus only")
+
+
+def _modbus_quirk(config: TargetConfig, request: bytes, since_answer: float) -> bytes | None:
+    """The exception a quirky Modbus device answers `request` with (--min-gap: 0x06
+    when it comes too soon after the last answer; --max-read: 0x03 for a read above the
+    limit), or None."""
+    if config.protocol != ProtocolName.MODBUS or len(request) < 12:
+        return None
+    if config.min_gap and since_answer < config.min_gap:
+        return exception_response(request, 0x06)
+    if config.max_read and request[7] in (1, 2, 3, 4):
+        (count,) = struct.unpack_from(">H", request, 10)
+        if count > config.max_read:
+            return exception_response(request, 0x03)
+    return None
 
 
 def _zero_faults() -> dict[Fault, int]:
@@ -195,6 +225,8 @@ class TargetServer:
         self._waiters: list[tuple[Callable[[TargetStats], bool], asyncio.Future[None]]] = []
         self._outage_task: asyncio.Task[None] | None = None
         self._started = False
+        self.last_answer_at = float("-inf")
+        """Loop time of the last answer on any connection (--min-gap)."""
         self.resetting = False
         """Accept every connection and reset it at once, as `accept_close` does, while
         True: a device that is away but whose host still answers; tests count the
@@ -360,11 +392,13 @@ class _TargetConnection(asyncio.Protocol):
         self._eof = False
         self._reading_paused = False
         self._writing_paused = False
+        self._accepted_at = 0.0
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
+        self._accepted_at = asyncio.get_running_loop().time()
         server = self._server
         stats = server.stats
         config = server.config
@@ -509,7 +543,13 @@ class _TargetConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             raise RuntimeError("request before connection_made")
-        answer = server.responder.answer(request)
+        config = server.config
+        now = asyncio.get_running_loop().time()
+        if config.connect_quiet and now - self._accepted_at < config.connect_quiet:
+            return  # --connect-quiet: nothing answered yet on this connection
+        quirk = _modbus_quirk(config, request, now - server.last_answer_at)
+        answer = Answer(quirk) if quirk is not None else server.responder.answer(request)
+        server.last_answer_at = now
         data = answer.data
         if fault is not None:
             stats.faults[fault] += 1
