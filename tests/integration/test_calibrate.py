@@ -107,3 +107,76 @@ async def test_a_bad_target_exits_2(url: str) -> None:
     result = await asyncio.to_thread(run_cli, "calibrate", url)
     assert result.returncode == 2
     assert "unknown scheme" in result.stderr
+
+
+async def test_calibrate_reaches_a_device_over_rtu_over_tcp(tmp_path: Path) -> None:
+    from tests.integration.test_sunspec import rtu_over_tcp_device
+
+    async with asyncio.timeout(TEST_TIMEOUT), rtu_over_tcp_device() as port:
+        result = await asyncio.to_thread(
+            run_cli,
+            "calibrate",
+            f"rtu+tcp://{LOOPBACK}:{port}",
+            "--register",
+            "holding:40000",
+            "--probe-timeout",
+            "0.5s",
+            "--budget",
+            "25s",
+        )
+    assert result.returncode == 0, result.stderr
+    bridge = bridge_of(result.stdout, tmp_path)
+    assert bridge["target"] == f"rtu+tcp://{LOOPBACK}:{port}"
+    assert bridge["delay"] == "0"
+
+
+async def test_on_a_terminal_each_probe_shows_a_line() -> None:
+    config = TargetConfig(protocol=ProtocolName.MODBUS, host=LOOPBACK, max_read=20)
+    async with asyncio.timeout(TEST_TIMEOUT), TargetServer(config) as device:
+        lines = await asyncio.to_thread(_on_a_terminal, device.port)
+    probes = [line.split(":")[0].strip() for line in lines if line.startswith("  ")]
+    assert probes[:1] == ["connect"]
+    assert {"request gap", "answer time", "largest read", "connections"} <= set(probes)
+    assert any("largest read: 20 registers" in line for line in lines)
+
+
+def _on_a_terminal(port: int) -> list[str]:
+    """Run calibrate with its stderr on a pseudo-terminal; the lines written there."""
+    import os
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    try:
+        process = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "tcp_multiplexer",
+                "calibrate",
+                f"{LOOPBACK}:{port}",
+                "--probe-timeout",
+                "0.5s",
+                "--budget",
+                "25s",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            timeout=30,
+            check=False,
+        )
+        assert process.returncode == 0
+        os.set_blocking(master, False)
+        written = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            written += chunk
+    finally:
+        os.close(master)
+        os.close(slave)
+    return written.decode().replace("\r\n", "\n").splitlines()
