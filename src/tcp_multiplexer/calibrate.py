@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tcp_multiplexer.errors import ConfigError, DamagedMessage
-from tcp_multiplexer.options import format_duration, parse_duration
+from tcp_multiplexer.options import (
+    format_duration,
+    parse_duration,
+    positive_duration_argument,
+    unit_argument,
+)
 from tcp_multiplexer.profiles import PROFILES
 from tcp_multiplexer.protocols.modbus.mbap import read_request
 from tcp_multiplexer.protocols.modbus.polls import TABLES
@@ -436,7 +441,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("target", metavar="TARGET", help="HOST:PORT or a bridge's target URL")
-    parser.add_argument("--unit", type=_unit, default=1, metavar="N", help="unit id (default: 1)")
+    parser.add_argument(
+        "--unit", type=unit_argument, default=1, metavar="N", help="unit id (default: 1)"
+    )
     parser.add_argument(
         "--register",
         type=_register,
@@ -447,26 +454,20 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=_duration,
+        type=positive_duration_argument,
         default=DEFAULT_BUDGET,
         metavar="DURATION",
         help=f"the time it may take in all (default: {format_duration(DEFAULT_BUDGET)})",
     )
     parser.add_argument(
         "--probe-timeout",
-        type=_duration,
+        type=positive_duration_argument,
         default=DEFAULT_PROBE_TIMEOUT,
         metavar="DURATION",
         help="how long one probe waits for an answer "
         f"(default: {format_duration(DEFAULT_PROBE_TIMEOUT)})",
     )
     parser.set_defaults(handler=run)
-
-
-def _unit(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 255:
-        raise argparse.ArgumentTypeError(f"a unit id is 0..255, got {text!r}")
-    return int(text)
 
 
 def _register(text: str) -> tuple[str, int]:
@@ -477,16 +478,6 @@ def _register(text: str) -> tuple[str, int]:
             f"got {text!r}"
         )
     return table, int(address)
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be longer than 0")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ not name the option: the caller adds the flag or the key.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import ipaddress
 import re
@@ -402,3 +403,24 @@ def index_options(options: Sequence[Option]) -> dict[str, Option]:
         by_key[option.key] = option
         by_key[option.field] = option
     return by_key
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def positive_duration_argument(text: str) -> float:
+    """An argparse type: a duration longer than 0 (``500ms``, ``1s``, ``1.5``)."""
+    try:
+        value = parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be longer than 0")
+    return value
+
+
+def unit_argument(text: str) -> int:
+    """An argparse type: a Modbus unit id, 0..255."""
+    if not text.isdigit() or not 0 <= int(text) <= 255:
+        raise argparse.ArgumentTypeError(f"a unit id is 0..255, got {text!r}")
+    return int(text)

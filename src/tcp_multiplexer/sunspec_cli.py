@@ -22,7 +22,11 @@ from tcp_multiplexer.core.interfaces import Clock, LoopClock, Priority
 from tcp_multiplexer.core.poller import Poller
 from tcp_multiplexer.errors import ConfigError
 from tcp_multiplexer.logs import setup_logging
-from tcp_multiplexer.options import format_duration, parse_duration
+from tcp_multiplexer.options import (
+    format_duration,
+    positive_duration_argument,
+    unit_argument,
+)
 from tcp_multiplexer.protocols.modbus.points import map_text
 from tcp_multiplexer.protocols.modbus.sunspec import (
     SunSpecDevice,
@@ -84,7 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         "status 0 when a device was found, 1 when none was, 2 on a bad argument.",
     )
     scan.add_argument("target", metavar="TARGET", help="HOST:PORT or a bridge's target URL")
-    scan.add_argument("--unit", type=_unit, default=1, metavar="N", help="unit id (default: 1)")
+    scan.add_argument(
+        "--unit", type=unit_argument, default=1, metavar="N", help="unit id (default: 1)"
+    )
     scan.add_argument(
         "--write-map",
         metavar="FILE",
@@ -93,14 +99,14 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     scan.add_argument(
         "--every",
-        type=_duration,
+        type=positive_duration_argument,
         default=DEFAULT_EVERY,
         metavar="DURATION",
         help=f"how often the map's points are read (default: {format_duration(DEFAULT_EVERY)})",
     )
     scan.add_argument(
         "--timeout",
-        type=_duration,
+        type=positive_duration_argument,
         default=DEFAULT_SCAN_TIMEOUT,
         metavar="DURATION",
         help=f"how long to wait for each answer (default: {format_duration(DEFAULT_SCAN_TIMEOUT)})",
@@ -111,26 +117,6 @@ def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="the device profile a bridge to it uses (tcp-multiplexer profiles)",
     )
     scan.set_defaults(handler=run)
-
-
-def _unit(text: str) -> int:
-    try:
-        unit = int(text)
-    except ValueError:
-        unit = -1
-    if not 0 <= unit <= 255:
-        raise argparse.ArgumentTypeError(f"a unit id is 0..255, got {text!r}")
-    return unit
-
-
-def _duration(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be longer than 0")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
