@@ -1,5 +1,5 @@
 """tcp-multiplexer: many request/response TCP clients sharing few target connections."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -259,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_profiles(), end="")
         return 0
     if args.command == "version":
-        print(f"tcp-multiplexer {__version__}")
+        from tcp_multiplexer.version import version_text
+
+        print(version_text())
         return 0
     if args.command == "server":
         try:

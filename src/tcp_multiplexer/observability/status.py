@@ -7,7 +7,7 @@ idle one on purpose, or it gave a good answer within its bridge's timeout. State
 
 `/api/status` is part of the interface (documented in docs/monitoring.md):
 
-    {"version": "0.1.0", "uptime_seconds": 12.5, "ready": true,
+    {"version": "0.2.0", "uptime_seconds": 12.5, "ready": true,
      "bridges": [{"name", "protocol", "listen": [...], "target", "state", "healthy",
                   "target_connections", "max_connections", "last_answer_age_seconds",
                   "last_error", "targets": [{"target", "units", "state", "healthy",
