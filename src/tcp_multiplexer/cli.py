@@ -191,6 +191,7 @@ def check_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> OneLineErrorParser:
     """The whole command line."""
+    import tcp_multiplexer.addon as addon
     import tcp_multiplexer.calibrate as calibrate
     import tcp_multiplexer.demo as demo
     import tcp_multiplexer.fetch as fetch
@@ -222,6 +223,7 @@ def build_parser() -> OneLineErrorParser:
     )
     check.add_argument("file", metavar="FILE", help="the TOML config file")
     check.set_defaults(handler=check_config)
+    addon.add_parser(commands)
     fetch.add_parsers(commands)
     commands.add_parser("list", help="list the supported protocols, one per line")
     commands.add_parser(

@@ -440,3 +440,64 @@ async def test_the_status_page_lists_each_polled_range_of_the_register_image(
         assert row["last_error"] == "none"
         assert row["oldest_age"].endswith(" s"), row
         assert float(row["oldest_age"].removesuffix(" s")) < 1.0
+
+
+# ------------------------------------------------------------------ behind ingress
+
+INGRESS_PREFIX: Final = "/api/hassio_ingress/3vE6yXk2/"
+"""What Home Assistant's ingress puts before every path of an add-on's web UI."""
+
+
+@contextlib.asynccontextmanager
+async def prefixing_proxy(upstream_port: int) -> AsyncIterator[int]:
+    """An HTTP/1.1 reverse proxy on loopback, as Home Assistant's ingress is: it serves
+    the upstream under INGRESS_PREFIX (stripped on the way in) and answers 404 for any
+    path outside it, so a page that asks for an absolute path gets nothing."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, path, version = head.split(b"\r\n", 1)[0].decode().split(" ")
+            if not path.startswith(INGRESS_PREFIX):
+                writer.write(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                return
+            inner = "/" + path[len(INGRESS_PREFIX) :]
+            up_reader, up_writer = await asyncio.open_connection(LOOPBACK, upstream_port)
+            rest = head.split(b"\r\n", 1)[1]
+            up_writer.write(f"{method} {inner} {version}\r\n".encode() + rest)
+            while chunk := await up_reader.read(65536):
+                writer.write(chunk)
+            up_writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+    server = await asyncio.start_server(serve, LOOPBACK, 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_the_status_page_works_under_an_ingress_path_prefix(tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    device = TargetConfig(protocol=ProtocolName.MODBUS)
+    async with asyncio.timeout(TEST_TIMEOUT), TargetServer(device) as target:
+        config = mux_config(
+            target.port, protocol=ProtocolName.MODBUS, metrics_listen=Address(LOOPBACK, 0)
+        )
+        async with running_app(config) as app, contextlib.AsyncExitStack() as stack:
+            browser = stack.enter_context(chromium(tmp_path))
+            assert app.observability is not None
+            proxy = await stack.enter_async_context(prefixing_proxy(app.observability.port))
+            client = await stack.enter_async_context(modbus_client(app.bridges[BRIDGE].port, 0))
+            await client.read(6)
+            await settled(app, target, clients=1, requests=6)
+            page = await browser.page(f"http://{LOOPBACK}:{proxy}{INGRESS_PREFIX}")
+            expect(page, clients=1, requests=6)
