@@ -104,7 +104,6 @@ class RtuClientProtocol(asyncio.Protocol):
         silence: float = 0.0,
     ) -> None:
         self._inner = inner
-        self._mode = mode
         self._line = mode == SERIAL
         """A serial line the multiplexer is a slave on: other slaves' frames and noise
         pass by; only requests for `units` are answered."""

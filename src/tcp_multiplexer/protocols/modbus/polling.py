@@ -44,6 +44,8 @@ from tcp_multiplexer.protocols.modbus.mbap import (
     EXCEPTION_NAMES,
     NOT_ANSWERED,
     ExceptionCode,
+    build_adu,
+    read_request,
 )
 from tcp_multiplexer.protocols.modbus.options import ModbusOptions
 from tcp_multiplexer.protocols.modbus.points import BIT_TABLES, Point
@@ -61,9 +63,6 @@ SCAN_RETRY: Final = 30.0
 """Seconds before a SunSpec scan that got no answer is tried again."""
 REFUSED_SLOWDOWN: Final = 10
 """A range the device refuses is read this many times less often."""
-_READ: Final = struct.Struct(">HHHBBHH")
-"""A read request ADU: transaction id, protocol id, length, unit, function, address,
-count."""
 _TRUE: Final = frozenset({"on", "true", "1", "yes"})
 _FALSE: Final = frozenset({"off", "false", "0", "no"})
 
@@ -77,7 +76,7 @@ def write_request(unit: int, table: str, address: int, data: bytes) -> bytes:
         pdu = struct.pack(">BH", 6, address) + data
     else:
         pdu = struct.pack(">BHHB", 16, address, len(data) // 2, len(data)) + data
-    return struct.pack(">HHHB", 0, 0, len(pdu) + 1, unit) + pdu
+    return build_adu(0, unit, pdu)
 
 
 class _Scheduled:
@@ -223,7 +222,7 @@ class Polling:
 
     def _submit(self, scheduled: _Scheduled, now: float) -> None:
         read = scheduled.read
-        payload = _READ.pack(0, 0, 6, read.unit, read.function, read.address, read.count)
+        payload = read_request(0, read.unit, read.address, read.count, read.function)
         request = Request(self, payload, now)
         request.priority = Priority.BACKGROUND
         scheduled.request = request
